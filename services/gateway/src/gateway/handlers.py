@@ -1,0 +1,31 @@
+"""Subscriber: recorded screenings answer their waiting requests and close their intake entries."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from gateway import store
+from gateway.outcomes import Outcomes
+from shared.db import in_schema
+from shared.events import Envelope, Topic
+from shared.events import screening as ev
+from shared.settings import CommonSettings
+
+RecordedEnvelope = Envelope[ev.ScreeningRecordedV1]
+
+
+def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, engine: Any) -> None:
+    # Every gateway replica must see every recorded event (any of them may hold the waiting request), so each
+    # process reads with a group of its own, from the moment it starts.
+    @broker.subscriber(Topic.SCREENING_RECORDED, batch=True, max_records=1000, batch_timeout_ms=5,
+                       group_id=f"gateway-{uuid.uuid4().hex}", auto_offset_reset="latest",
+                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
+    async def screening_recorded(messages: list[bytes]) -> None:
+        recorded = [RecordedEnvelope.model_validate_json(raw) for raw in messages]
+        for envelope in recorded:
+            outcomes.resolve(envelope.payload.screening_id, envelope.payload)
+        async with in_schema(engine, store.SCHEMA) as conn:
+            await store.mark_recorded(conn, [e.payload.screening_id for e in recorded])

@@ -1,0 +1,1 @@
+"""Screening service: records every screening in its organisation's own PostgreSQL schema."""

@@ -1,0 +1,111 @@
+"""Event subscribers: provision tenants, record classified screenings, announce them as recorded.
+
+Recording is idempotent by screening id: a redelivered or re-published classification finds the stored row
+and re-announces it with the same event id, so a crash between commit and publish loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from pydantic import ValidationError
+
+from screening import store
+from shared.db import in_schema
+from shared.events import Actor, Envelope, Topic, new_envelope
+from shared.events import identity as id_ev
+from shared.events import screening as ev
+from shared.events.envelope import derived_event_id
+from shared.kafka import at_least_once, publish
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+SERVICE_ACTOR = Actor(role="service", service="screening")
+
+ClassifiedEnvelope = Envelope[ev.ScreeningClassifiedV1]
+RejectedEnvelope = Envelope[ev.ScreeningRejectedV1]
+OrgEnvelope = Envelope[id_ev.OrganizationCreatedV1]
+
+
+def to_row(envelope: Envelope[Any], now: datetime) -> store.NewScreening:
+    """The stored form of a classification or a rejection."""
+    body = envelope.payload
+    request: ev.ScreeningRequestedV1 = body.request
+    assessment = getattr(body, "assessment", None)
+    return store.NewScreening(
+        id=request.screening_id,
+        patient_external_id=request.patient.external_id,
+        patient_name_ciphertext=request.patient.name_ciphertext,
+        status="classified" if assessment else "rejected",
+        cbc=request.cbc.model_dump(mode="json"),
+        assessment=assessment.model_dump(mode="json") if assessment else None,
+        rejection_reason=getattr(body, "reason", None),
+        label=assessment.label.value if assessment else None,
+        risk_class=int(assessment.risk_class) if assessment else None,
+        model_version=assessment.model.version if assessment else None,
+        requested_by=envelope.actor.user_id,
+        correlation_id=envelope.correlation_id,
+        requested_at=request.requested_at,
+        recorded_at=now,
+    )
+
+
+def recorded_event(row: store.NewScreening, cause: Envelope[Any], tenant: Any) -> Envelope[Any]:
+    assessment = store.as_json(row.assessment)
+    payload = ev.ScreeningRecordedV1(
+        screening_id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        patient_external_id=row.patient_external_id,
+        assessment=ev.Assessment.model_validate(assessment) if assessment else None,
+        rejection_reason=row.rejection_reason,
+        requested_at=row.requested_at,
+        recorded_at=row.recorded_at,
+    )
+    return new_envelope(
+        payload, event_type=ev.SCREENING_RECORDED[0], event_version=ev.SCREENING_RECORDED[1], tenant_id=tenant,
+        actor=SERVICE_ACTOR, causation=cause, event_id=derived_event_id(row.id, ev.SCREENING_RECORDED[0]),
+    )
+
+
+def _decode(raw: bytes) -> Envelope[Any] | None:
+    try:
+        head = Envelope[dict[str, Any]].model_validate_json(raw)
+        model = {ev.SCREENING_CLASSIFIED[0]: ClassifiedEnvelope, ev.SCREENING_REJECTED[0]: RejectedEnvelope}
+        return model[head.event_type].model_validate_json(raw) if head.event_type in model else None
+    except ValidationError:
+        log.error("unreadable event on %s dropped to the audit trail only", Topic.SCREENING_CLASSIFIED)
+        return None
+
+
+def register(broker: KafkaBroker, settings: CommonSettings, registry: store.TenantRegistry,
+             batch_size: int) -> None:
+    @broker.subscriber(Topic.SCREENING_CLASSIFIED, batch=True, max_records=batch_size, batch_timeout_ms=5,
+                       **at_least_once(settings, "screening-recorder"))
+    async def record_screenings(messages: list[bytes]) -> None:
+        by_tenant: dict[Any, list[Envelope[Any]]] = defaultdict(list)
+        for raw in messages:
+            envelope = _decode(raw)
+            if envelope is not None and envelope.tenant_id is not None:
+                by_tenant[envelope.tenant_id].append(envelope)
+        outgoing: list[Envelope[Any]] = []
+        now = datetime.now(UTC)
+        for tenant, envelopes in by_tenant.items():
+            schema = await registry.provision(tenant)
+            causes = {e.payload.request.screening_id: e for e in envelopes}
+            async with in_schema(registry.engine, schema) as conn:
+                stored = await store.record(conn, [to_row(e, now) for e in causes.values()])
+            outgoing += [recorded_event(row, causes[row.id], tenant) for row in stored]
+        await asyncio.gather(*(publish(broker, Topic.SCREENING_RECORDED, e, key=str(e.payload.screening_id))
+                               for e in outgoing))
+
+    @broker.subscriber(Topic.IDENTITY, **at_least_once(settings, "screening-tenants"))
+    async def provision_tenant(raw: bytes) -> None:
+        head = Envelope[dict[str, Any]].model_validate_json(raw)
+        if head.event_type == id_ev.ORGANIZATION_CREATED[0]:
+            org = OrgEnvelope.model_validate_json(raw).payload
+            await registry.provision(org.organization_id)

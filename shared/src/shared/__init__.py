@@ -1,0 +1,1 @@
+"""Contracts and plumbing every Clinomic service shares: event schemas, Kafka, database, crypto, tokens."""

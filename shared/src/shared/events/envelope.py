@@ -1,0 +1,76 @@
+"""The one envelope every event travels in; payloads are versioned per event type."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+P = TypeVar("P")
+
+
+class Actor(BaseModel):
+    """Who caused the event: a user id and role, never a name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: uuid.UUID | None = None
+    role: str
+    service: str | None = None
+
+
+class Envelope(BaseModel, Generic[P]):
+    """Metadata shared by all events. ``event_id`` is the idempotency key for every consumer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: uuid.UUID
+    event_type: str
+    event_version: int = Field(ge=1)
+    occurred_at: datetime
+    tenant_id: uuid.UUID | None
+    actor: Actor
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None = None
+    payload: P
+
+
+RawEnvelope = Envelope[dict[str, Any]]
+
+
+def new_envelope(
+    payload: BaseModel,
+    *,
+    event_type: str,
+    event_version: int,
+    tenant_id: uuid.UUID | None,
+    actor: Actor,
+    correlation_id: uuid.UUID | None = None,
+    causation: Envelope[Any] | None = None,
+    event_id: uuid.UUID | None = None,
+) -> Envelope[Any]:
+    """Wrap a payload; a caused event inherits the correlation id of its cause.
+
+    Pass a deterministic ``event_id`` when the event may be re-emitted (after a crash or redelivery),
+    so that downstream consumers see the same id and ignore the copy.
+    """
+    if causation is not None:
+        correlation_id = causation.correlation_id
+    return Envelope[type(payload)](  # type: ignore[misc]
+        event_id=event_id or uuid.uuid4(),
+        event_type=event_type,
+        event_version=event_version,
+        occurred_at=datetime.now(UTC),
+        tenant_id=tenant_id,
+        actor=actor,
+        correlation_id=correlation_id or uuid.uuid4(),
+        causation_id=causation.event_id if causation is not None else None,
+        payload=payload,
+    )
+
+
+def derived_event_id(cause_id: uuid.UUID, event_type: str) -> uuid.UUID:
+    """The id of the event a handler emits for a given cause: stable across redeliveries."""
+    return uuid.uuid5(cause_id, event_type)

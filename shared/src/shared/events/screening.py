@@ -1,0 +1,312 @@
+"""Screening events: a lab's request, the model's classification, the record kept for the tenant.
+
+The complete blood count (CBC) lives here because it is part of the contract: the gateway validates it
+once at the edge and every consumer relies on the same canonical units.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# -- units -----------------------------------------------------------------------------------------------
+
+#: Canonical unit of each analyte and the factor that converts every accepted unit to it.
+UNITS: dict[str, tuple[str, dict[str, float]]] = {
+    "hb": ("g/dL", {"g/dL": 1.0, "g/L": 0.1, "mmol/L": 1.6114}),
+    "rbc": ("10^12/L", {"10^12/L": 1.0, "10^6/uL": 1.0, "10^6/µL": 1.0, "x10^6/uL": 1.0, "M/uL": 1.0}),
+    "hct": ("%", {"%": 1.0, "L/L": 100.0}),
+    "mcv": ("fL", {"fL": 1.0}),
+    "mch": ("pg", {"pg": 1.0}),
+    "mchc": ("g/dL", {"g/dL": 1.0, "g/L": 0.1}),
+    "rdw": ("%", {"%": 1.0}),
+    "wbc": ("10^9/L", {"10^9/L": 1.0, "10^3/uL": 1.0, "10^3/µL": 1.0, "x10^3/uL": 1.0, "K/uL": 1.0}),
+    "platelets": ("10^9/L", {"10^9/L": 1.0, "10^3/uL": 1.0, "10^3/µL": 1.0, "x10^3/uL": 1.0, "K/uL": 1.0}),
+    "neutrophils_pct": ("%", {"%": 1.0}),
+    "lymphocytes_pct": ("%", {"%": 1.0}),
+}
+
+#: Physiologically possible ranges in canonical units; values outside are data-entry or analyser errors.
+RANGES: dict[str, tuple[float, float]] = {
+    "hb": (2.0, 25.0),
+    "rbc": (0.5, 8.6),
+    "hct": (6.0, 75.0),
+    "mcv": (50.0, 150.0),
+    "mch": (10.0, 50.0),
+    "mchc": (20.0, 40.0),
+    "rdw": (9.0, 40.0),
+    "wbc": (0.1, 440.0),
+    "platelets": (1.0, 3000.0),
+    "neutrophils_pct": (0.0, 100.0),
+    "lymphocytes_pct": (0.0, 100.0),
+    "age": (18.0, 120.0),
+}
+
+#: Largest relative disagreement tolerated between a measured index and the one derived from the panel.
+CONSISTENCY_TOLERANCE = 0.10
+
+
+class Sex(StrEnum):
+    FEMALE = "female"
+    MALE = "male"
+
+
+class Quantity(BaseModel):
+    """A measured value with its unit, for labs that report in other units than the canonical one."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    value: Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    unit: str
+
+
+Measure = Annotated[float, Field(strict=True, allow_inf_nan=False)] | Quantity
+
+
+def _normalise(field: str, raw: Any) -> Any:
+    """Convert ``{"value", "unit"}`` to the canonical unit; plain numbers are taken as canonical."""
+    if isinstance(raw, Quantity):
+        raw = raw.model_dump()
+    if not isinstance(raw, dict):
+        return raw
+    canonical, factors = UNITS[field]
+    unit = raw.get("unit")
+    if unit not in factors:
+        accepted = ", ".join(factors)
+        raise ValueError(f"unit {unit!r} is not accepted for {field}; use one of: {accepted}")
+    value = raw.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{field} value must be a number")
+    return value * factors[unit]
+
+
+def _check_range(field: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number")
+    low, high = RANGES[field]
+    if not low <= value <= high:
+        unit = UNITS[field][0] if field in UNITS else "years"
+        raise ValueError(
+            f"{field} {value:g} {unit} is outside the accepted range {low:g}–{high:g} {unit}"
+        )
+    return value
+
+
+class CompleteBloodCount(BaseModel):
+    """An adult CBC with age and sex, validated and normalised to canonical units.
+
+    Each analyte is either a number in its canonical unit (see ``UNITS``) or ``{"value", "unit"}``.
+    Impossible values and internally inconsistent panels are refused: a wrong number must not be screened.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    hb: float = Field(description="Haemoglobin, g/dL (or g/L, mmol/L with a unit)")
+    rbc: float = Field(description="Red cell count, 10^12/L (= 10^6/µL)")
+    hct: float = Field(description="Haematocrit, % (or L/L with a unit)")
+    mcv: float = Field(description="Mean corpuscular volume, fL")
+    mch: float = Field(description="Mean corpuscular haemoglobin, pg")
+    mchc: float = Field(description="Mean corpuscular haemoglobin concentration, g/dL (or g/L)")
+    rdw: float = Field(description="Red cell distribution width (CV), %")
+    wbc: float = Field(description="White cell count, 10^9/L (= 10^3/µL)")
+    platelets: float = Field(description="Platelet count, 10^9/L (= 10^3/µL)")
+    neutrophils_pct: float = Field(description="Neutrophils, % of white cells")
+    lymphocytes_pct: float = Field(description="Lymphocytes, % of white cells")
+    age: Annotated[float, Field(strict=True, allow_inf_nan=False)] = Field(
+        description="Age in years; the model is adult-only (18 and over)"
+    )
+    sex: Sex
+
+    @field_validator(*UNITS, mode="before")
+    @classmethod
+    def _to_canonical_unit(cls, raw: Any, info: Any) -> Any:
+        if isinstance(raw, bool) or isinstance(raw, str):
+            raise ValueError(f"{info.field_name} must be a number, not {type(raw).__name__}")
+        return _normalise(info.field_name, raw)
+
+    @field_validator(*UNITS, "age")
+    @classmethod
+    def _within_physiological_range(cls, value: float, info: Any) -> float:
+        if info.field_name == "age" and value < RANGES["age"][0]:
+            raise ValueError("age under 18: the B12 screening model is validated for adults only")
+        return _check_range(info.field_name, value)
+
+    @model_validator(mode="after")
+    def _internally_consistent(self) -> CompleteBloodCount:
+        if self.neutrophils_pct + self.lymphocytes_pct > 100.0:
+            raise ValueError("neutrophils_pct + lymphocytes_pct exceed 100 % of white cells")
+        for problem in panel_inconsistencies(self):
+            raise ValueError(problem)
+        return self
+
+    def as_features(self) -> tuple[float, ...]:
+        """Values in ``FEATURE_ORDER``, the order the model was trained on."""
+        return tuple(
+            float(self.sex == Sex.MALE) if name == "sex_male" else float(getattr(self, name))
+            for name in FEATURE_ORDER
+        )
+
+
+#: Column order of the model's feature matrix; sex is encoded as 1.0 for male, 0.0 for female.
+FEATURE_ORDER: tuple[str, ...] = (
+    "hb", "rbc", "hct", "mcv", "mch", "mchc", "rdw", "wbc", "platelets",
+    "neutrophils_pct", "lymphocytes_pct", "age", "sex_male",
+)
+
+
+def panel_inconsistencies(cbc: CompleteBloodCount) -> list[str]:
+    """Red-cell indices that disagree with the values they are computed from (Wintrobe's identities)."""
+    checks = (
+        ("mcv", cbc.mcv, cbc.hct * 10.0 / cbc.rbc, "HCT×10/RBC", "fL"),
+        ("mch", cbc.mch, cbc.hb * 10.0 / cbc.rbc, "Hb×10/RBC", "pg"),
+        ("mchc", cbc.mchc, cbc.hb * 100.0 / cbc.hct, "Hb×100/HCT", "g/dL"),
+    )
+    problems = []
+    for name, measured, derived, formula, unit in checks:
+        if abs(measured - derived) > CONSISTENCY_TOLERANCE * derived:
+            problems.append(
+                f"{name} {measured:g} {unit} disagrees with {formula} = {derived:.1f} {unit} by more than "
+                f"{CONSISTENCY_TOLERANCE:.0%}: check the panel for a transcription or analyser error"
+            )
+    return problems
+
+
+# -- request -----------------------------------------------------------------------------------------------
+
+
+class PatientReference(BaseModel):
+    """The patient as it travels in events: the lab's id and the Fernet ciphertext of the name, never the name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    external_id: str = Field(min_length=1, max_length=64)
+    name_ciphertext: str | None = None
+
+
+class ScreeningRequestedV1(BaseModel):
+    """Command: a lab asks for a CBC to be screened. Published by the gateway, consumed by inference."""
+
+    model_config = ConfigDict(frozen=True)
+
+    screening_id: uuid.UUID
+    patient: PatientReference
+    cbc: CompleteBloodCount
+    requested_at: datetime
+
+
+# -- assessment ------------------------------------------------------------------------------------------
+
+
+class Label(StrEnum):
+    NORMAL = "normal"
+    BORDERLINE = "borderline"
+    DEFICIENT = "deficient"
+
+
+class RiskClass(IntEnum):
+    LOW = 1
+    INTERMEDIATE = 2
+    HIGH = 3
+
+
+class Probabilities(BaseModel):
+    """P(normal) = 1 − p1, P(borderline) = p1·(1 − p2), P(deficient) = p1·p2; they sum to 1."""
+
+    model_config = ConfigDict(frozen=True)
+
+    normal: float = Field(ge=0.0, le=1.0)
+    borderline: float = Field(ge=0.0, le=1.0)
+    deficient: float = Field(ge=0.0, le=1.0)
+
+
+class DerivedIndices(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    mentzer: float = Field(description="MCV / RBC; < 13 suggests thalassaemia trait, > 13 iron deficiency")
+    green_king: float = Field(description="MCV² · RDW / (100 · Hb)")
+    nlr: float | None = Field(description="Neutrophil-to-lymphocyte ratio; None when lymphocytes are 0 %")
+    pancytopenia: bool = Field(description="Hb, WBC and platelets all below their reference limits")
+
+
+class Finding(BaseModel):
+    """A clinical observation that explains the result; findings never alter the probabilities."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    text: str
+
+
+class Contribution(BaseModel):
+    """A feature's signed SHAP contribution (log-odds) to a stage's prediction."""
+
+    model_config = ConfigDict(frozen=True)
+
+    feature: str
+    value: float
+    contribution: float
+
+
+class ModelIdentity(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    artifacts_sha256: str = Field(description="sha256 over the sorted artifact hashes of the model directory")
+
+
+class Assessment(BaseModel):
+    """What the two-stage model says about one CBC."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: Label
+    probabilities: Probabilities
+    risk_class: RiskClass
+    indices: DerivedIndices
+    findings: list[Finding]
+    recommendation: str
+    top_contributions: list[Contribution]
+    model: ModelIdentity
+
+
+class ScreeningClassifiedV1(BaseModel):
+    """Event: the model assessed a request. Carries the request so the screening service can record both."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: ScreeningRequestedV1
+    assessment: Assessment
+
+
+class ScreeningRejectedV1(BaseModel):
+    """Event: inference could not assess a request (it is recorded as rejected, never silently dropped)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: ScreeningRequestedV1
+    reason: str
+
+
+class ScreeningRecordedV1(BaseModel):
+    """Event: the screening is stored in the tenant's schema. No PHI: the patient is its external id only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    screening_id: uuid.UUID
+    status: Literal["classified", "rejected"]
+    patient_external_id: str
+    assessment: Assessment | None
+    rejection_reason: str | None = None
+    requested_at: datetime
+    recorded_at: datetime
+
+
+SCREENING_REQUESTED = ("ScreeningRequested", 1)
+SCREENING_CLASSIFIED = ("ScreeningClassified", 1)
+SCREENING_REJECTED = ("ScreeningRejected", 1)
+SCREENING_RECORDED = ("ScreeningRecorded", 1)

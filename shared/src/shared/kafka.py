@@ -1,0 +1,86 @@
+"""Kafka plumbing: one way to build a broker, declare topics, subscribe at-least-once and publish envelopes.
+
+Delivery is at-least-once everywhere (the dev broker has no idempotent producer): offsets are committed only
+after a handler succeeds, a failing handler's message is redelivered, and every consumer ignores duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from pydantic import BaseModel
+
+from shared.events.envelope import Envelope
+from shared.events.topics import Topic
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 4
+
+
+def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
+    """A broker whose publishes wait for the full acknowledgement of the cluster (``acks=all``)."""
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=0,
+        request_timeout_ms=10_000,
+        graceful_timeout=10.0,
+        log_level=logging.DEBUG,
+    )
+
+
+def at_least_once(settings: CommonSettings, group_id: str) -> dict[str, Any]:
+    """Subscriber options for a consumer group that commits only what it has processed."""
+    return {
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+    }
+
+
+async def ensure_topics(bootstrap_servers: str, topics: list[str] | None = None,
+                        partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Create the platform's topics if they do not exist yet (idempotent; safe on every start)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in (topics or [t.value for t in Topic]) if t not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted]
+                )
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def encode(envelope: Envelope[Any]) -> bytes:
+    return envelope.model_dump_json().encode()
+
+
+async def publish(broker: KafkaBroker, topic: Topic | str, envelope: Envelope[Any], *, key: str) -> None:
+    """Publish an envelope, keyed so that all events of one screening (or user) keep their order."""
+    await broker.publish(
+        encode(envelope),
+        topic=str(topic),
+        key=key.encode(),
+        headers={"event_type": envelope.event_type, "event_version": str(envelope.event_version)},
+        correlation_id=str(envelope.correlation_id),
+    )
+
+
+def parse(model: type[BaseModel], body: bytes) -> Any:
+    return model.model_validate_json(body)
