@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.message import StreamMessage
 from pydantic import BaseModel
 
 from shared.events.envelope import Envelope
@@ -34,13 +35,20 @@ def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
         linger_ms=0,
         request_timeout_ms=10_000,
         graceful_timeout=10.0,
+        logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
     )
+
+
+async def raw_body(message: StreamMessage[Any]) -> Any:
+    """Hand handlers the bytes as published (a list of them for batch subscribers); they parse with pydantic."""
+    return message.body
 
 
 def at_least_once(settings: CommonSettings, group_id: str) -> dict[str, Any]:
     """Subscriber options for a consumer group that commits only what it has processed."""
     return {
+        "decoder": raw_body,
         "group_id": group_id,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,

@@ -13,8 +13,12 @@ Export format: JSON Lines, UTF-8, one JSON object per line.
 * Every further line, one entry in sequence order::
 
     {"seq": 1, "event_id": "…", "event_type": "…", "actor": {…}, "tenant_id": "…" | null,
-     "occurred_at": "…", "content_b64": "<standard base64 of the canonical JSON bytes>",
+     "occurred_at": "…", "content": "<the canonical JSON, as a JSON string>",
      "prev_hash": "<hex>", "entry_hash": "<hex>", "key_id": "…", "hmac": "<hex>"}
+
+  ``content`` holds the exact content bytes decoded as UTF-8 (the JSON string round-trips them exactly).
+  Content that is not valid UTF-8 (only a damaged entry) is written as ``"content_b64"`` (standard base64)
+  instead, so the export stays byte-exact either way.
 
 Tree heads file: JSON Lines of signed tree heads (:func:`audit.merkle.sign_tree_head` output), or one JSON
 array of them. HMAC keys file: a JSON object mapping key id to the key in standard base64.
@@ -84,19 +88,23 @@ EXPORT_VERSION = 1
 
 def entry_to_json(entry: LedgerEntry) -> dict[str, Any]:
     """An entry as one export line's object (chain id omitted: the header carries it)."""
-    return {
+    obj: dict[str, Any] = {
         "seq": entry.seq,
         "event_id": entry.event_id,
         "event_type": entry.event_type,
         "actor": entry.actor,
         "tenant_id": entry.tenant_id,
         "occurred_at": entry.occurred_at,
-        "content_b64": base64.b64encode(entry.content).decode("ascii"),
-        "prev_hash": entry.prev_hash.hex(),
-        "entry_hash": entry.entry_hash.hex(),
-        "key_id": entry.key_id,
-        "hmac": entry.hmac.hex(),
     }
+    try:
+        obj["content"] = entry.content.decode("utf-8")
+    except UnicodeDecodeError:  # not canonical JSON (a damaged row): keep the exact bytes anyway
+        obj["content_b64"] = base64.b64encode(entry.content).decode("ascii")
+    obj["prev_hash"] = entry.prev_hash.hex()
+    obj["entry_hash"] = entry.entry_hash.hex()
+    obj["key_id"] = entry.key_id
+    obj["hmac"] = entry.hmac.hex()
+    return obj
 
 
 def entry_from_json(obj: Mapping[str, Any], chain_id: str) -> LedgerEntry:
@@ -122,7 +130,7 @@ def entry_from_json(obj: Mapping[str, Any], chain_id: str) -> LedgerEntry:
             actor=actor,
             tenant_id=tenant_id,
             occurred_at=obj["occurred_at"],
-            content=base64.b64decode(obj["content_b64"], validate=True),
+            content=_content(obj),
             prev_hash=bytes.fromhex(obj["prev_hash"]),
             entry_hash=bytes.fromhex(obj["entry_hash"]),
             key_id=obj["key_id"],
@@ -132,6 +140,15 @@ def entry_from_json(obj: Mapping[str, Any], chain_id: str) -> LedgerEntry:
         raise ValueError(f"missing field {exc.args[0]!r}") from None
     except (TypeError, binascii.Error) as exc:
         raise ValueError(str(exc)) from None
+
+
+def _content(obj: Mapping[str, Any]) -> bytes:
+    text = obj.get("content")
+    if text is not None:
+        if not isinstance(text, str):
+            raise ValueError("content is not a string")
+        return text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, a ValueError
+    return base64.b64decode(obj["content_b64"], validate=True)
 
 
 def _dumps(obj: Any) -> str:
@@ -397,6 +414,7 @@ def check_tree_heads(
     checks: list[TreeHeadCheck] = []
     matched_sizes: list[int] = []
     failed_sizes: list[int] = []
+    missing_from: int | None = None
     for head in heads:
         size = head.get("tree_size") if isinstance(head, Mapping) else None
         ts = head.get("timestamp") if isinstance(head, Mapping) else None
@@ -433,6 +451,7 @@ def check_tree_heads(
                     "beyond end of ledger",
                     f"signed at {size_i} entries but the export has {entries}: entries are missing at the end",
                 )
+                missing_from = entries + 1
                 failed_sizes.append(size_i)
             else:
                 add("not checkable", f"the export is unreadable after entry {tree.size}")
@@ -447,7 +466,10 @@ def check_tree_heads(
     if failed_sizes:
         first_fail = min(failed_sizes)
         below = [s for s in matched_sizes if s < first_fail]
-        suspect = ((max(below) if below else 0) + 1, first_fail)
+        lo = (max(below) if below else 0) + 1
+        if missing_from is not None and first_fail > entries:
+            lo = max(lo, missing_from)  # the only failing heads lie past the end: those entries are gone
+        suspect = (lo, first_fail)
     return checks, suspect
 
 

@@ -12,6 +12,7 @@ from gateway.outcomes import Outcomes
 from shared.db import in_schema
 from shared.events import Envelope, Topic
 from shared.events import screening as ev
+from shared.kafka import raw_body
 from shared.settings import CommonSettings
 
 RecordedEnvelope = Envelope[ev.ScreeningRecordedV1]
@@ -22,7 +23,7 @@ def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, 
     # process reads with a group of its own, from the moment it starts.
     @broker.subscriber(Topic.SCREENING_RECORDED, batch=True, max_records=1000, batch_timeout_ms=5,
                        group_id=f"gateway-{uuid.uuid4().hex}", auto_offset_reset="latest",
-                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms)
+                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, decoder=raw_body)
     async def screening_recorded(messages: list[bytes]) -> None:
         recorded = [RecordedEnvelope.model_validate_json(raw) for raw in messages]
         for envelope in recorded:

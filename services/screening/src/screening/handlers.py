@@ -105,7 +105,12 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
 
     @broker.subscriber(Topic.IDENTITY, **at_least_once(settings, "screening-tenants"))
     async def provision_tenant(raw: bytes) -> None:
-        head = Envelope[dict[str, Any]].model_validate_json(raw)
-        if head.event_type == id_ev.ORGANIZATION_CREATED[0]:
+        try:
+            head = Envelope[dict[str, Any]].model_validate_json(raw)
+            if head.event_type != id_ev.ORGANIZATION_CREATED[0]:
+                return
             org = OrgEnvelope.model_validate_json(raw).payload
-            await registry.provision(org.organization_id)
+        except ValidationError:
+            log.error("unreadable event on %s skipped (the audit ledger keeps its digest)", Topic.IDENTITY)
+            return
+        await registry.provision(org.organization_id)

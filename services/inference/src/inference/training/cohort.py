@@ -272,17 +272,17 @@ def write_cohort_csv(columns: Mapping[str, np.ndarray], path: Path, *, b12_unit:
             row: list[object] = []
             for name in names:
                 if name == "b12":
-                    row.append(_number(b12[i]))
+                    row.append(format_number(b12[i]))
                 elif name == "b12_unit":
                     row.append(b12_unit)
                 elif name == "sex":
                     row.append(str(columns["sex"][i]))
                 else:
-                    row.append(_number(columns[name][i]))
+                    row.append(format_number(columns[name][i]))
             writer.writerow(row)
 
 
-def _number(value: object) -> str:
+def format_number(value: object) -> str:
     """Shortest text that reads back to the same float; whole numbers without a trailing ``.0``."""
     x = float(value)  # type: ignore[arg-type]
     return str(int(x)) if x.is_integer() else repr(x)

@@ -1,0 +1,232 @@
+"""Clinical rules of the B12 screen, without I/O: indices, findings, recommendation, probabilities, risk class.
+
+A panel is a mapping from the contract's ``FEATURE_ORDER`` names to floats (``sex_male`` is 1.0 or 0.0).
+Findings and the recommendation explain a result; they are computed beside the probabilities and never
+feed back into them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.events.screening import (
+    FEATURE_ORDER,
+    DerivedIndices,
+    Finding,
+    Label,
+    Probabilities,
+    RiskClass,
+)
+
+# -- reference limits (adults) ---------------------------------------------------------------------------
+
+MACROCYTOSIS_MCV = 100.0  # fL
+MICROCYTOSIS_MCV = 80.0  # fL
+RDW_UPPER = 14.5  # %, upper reference limit of RDW-CV
+RDW_MARKED = 16.0  # %, "markedly raised": anisocytosis beyond what one process usually gives
+HB_LOWER_MALE = 13.0  # g/dL (WHO anaemia threshold, adult men)
+HB_LOWER_FEMALE = 12.0  # g/dL (WHO anaemia threshold, non-pregnant adult women)
+WBC_LOWER = 4.0  # 10^9/L
+PLATELETS_LOWER = 150.0  # 10^9/L
+MENTZER_CUTOFF = 13.0  # MCV/RBC below 13 favours thalassaemia trait, above 13 iron deficiency
+
+#: The highest ``intermediate`` threshold allowed: any P(deficient) ≥ 1/3 can be the largest of the three
+#: probabilities, and a "deficient" label must never come with a low risk class.
+MAX_INTERMEDIATE_THRESHOLD = 0.33
+#: The lowest ``high`` threshold allowed: P(deficient) ≥ 1/2 makes "deficient" the label, so a high risk
+#: class always comes with a "deficient" label.
+MIN_HIGH_THRESHOLD = 0.5
+
+Panel = Mapping[str, float]
+
+
+def panel_from_features(row: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """One feature row (in ``FEATURE_ORDER``) as a name → value mapping."""
+    if len(row) != len(FEATURE_ORDER):
+        raise ValueError(f"a panel has {len(FEATURE_ORDER)} features, got {len(row)}")
+    return {name: float(value) for name, value in zip(FEATURE_ORDER, row, strict=True)}
+
+
+# -- probabilities and risk ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RiskThresholds:
+    """Cut-offs on the calibrated P(deficient) that define the risk class.
+
+    class 3 (high)          if P(deficient) ≥ ``high``
+    class 2 (intermediate)  if ``intermediate`` ≤ P(deficient) < ``high``
+    class 1 (low)           otherwise
+
+    ``intermediate`` ≤ 0.33 and ``high`` ≥ 0.5 keep the class consistent with the label (the most probable
+    of normal / borderline / deficient): a deficient label is never low risk, high risk is always a
+    deficient label.
+    """
+
+    intermediate: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.intermediate) and math.isfinite(self.high)):
+            raise ValueError("risk thresholds must be finite")
+        if not 0.0 < self.intermediate <= MAX_INTERMEDIATE_THRESHOLD:
+            raise ValueError(
+                f"intermediate threshold {self.intermediate} must be in (0, {MAX_INTERMEDIATE_THRESHOLD}]"
+            )
+        if not MIN_HIGH_THRESHOLD <= self.high <= 1.0:
+            raise ValueError(f"high threshold {self.high} must be in [{MIN_HIGH_THRESHOLD}, 1]")
+
+
+def combine_arrays(p_abnormal: np.ndarray, p_deficient_given_abnormal: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P(normal), P(borderline), P(deficient)) from the two stages, element-wise; each row sums to 1."""
+    p1 = np.asarray(p_abnormal, dtype=np.float64)
+    p2 = np.asarray(p_deficient_given_abnormal, dtype=np.float64)
+    if not (np.all(np.isfinite(p1)) and np.all(np.isfinite(p2))):
+        raise ValueError("stage probabilities must be finite")
+    if np.any((p1 < 0) | (p1 > 1) | (p2 < 0) | (p2 > 1)):
+        raise ValueError("stage probabilities must lie in [0, 1]")
+    deficient = p1 * p2
+    borderline = p1 - deficient
+    normal = 1.0 - p1
+    return normal, borderline, deficient
+
+
+def combine(p_abnormal: float, p_deficient_given_abnormal: float) -> Probabilities:
+    normal, borderline, deficient = combine_arrays(np.array([p_abnormal]), np.array([p_deficient_given_abnormal]))
+    return Probabilities(normal=float(normal[0]), borderline=float(borderline[0]), deficient=float(deficient[0]))
+
+
+def risk_classes(p_deficient: np.ndarray, thresholds: RiskThresholds) -> np.ndarray:
+    """Risk class (1, 2 or 3) per row, a non-decreasing step function of P(deficient)."""
+    p = np.asarray(p_deficient, dtype=np.float64)
+    return (1 + (p >= thresholds.intermediate) + (p >= thresholds.high)).astype(np.int64)
+
+
+def risk_class(p_deficient: float, thresholds: RiskThresholds) -> RiskClass:
+    return RiskClass(int(risk_classes(np.array([p_deficient]), thresholds)[0]))
+
+
+def labels(normal: np.ndarray, borderline: np.ndarray, deficient: np.ndarray) -> list[Label]:
+    """The most probable category per row; a tie goes to the more severe category."""
+    out: list[Label] = []
+    for n, b, d in zip(np.asarray(normal), np.asarray(borderline), np.asarray(deficient), strict=True):
+        if d >= b and d >= n:
+            out.append(Label.DEFICIENT)
+        elif b >= n:
+            out.append(Label.BORDERLINE)
+        else:
+            out.append(Label.NORMAL)
+    return out
+
+
+def label(probabilities: Probabilities) -> Label:
+    return labels(np.array([probabilities.normal]), np.array([probabilities.borderline]),
+                  np.array([probabilities.deficient]))[0]
+
+
+# -- indices and findings --------------------------------------------------------------------------------
+
+
+def hb_lower_limit(panel: Panel) -> float:
+    return HB_LOWER_MALE if panel["sex_male"] >= 0.5 else HB_LOWER_FEMALE
+
+
+def derived_indices(panel: Panel) -> DerivedIndices:
+    mcv, rbc, rdw, hb = panel["mcv"], panel["rbc"], panel["rdw"], panel["hb"]
+    lymphocytes = panel["lymphocytes_pct"]
+    return DerivedIndices(
+        mentzer=mcv / rbc,
+        green_king=mcv * mcv * rdw / (100.0 * hb),
+        nlr=panel["neutrophils_pct"] / lymphocytes if lymphocytes > 0 else None,
+        pancytopenia=bool(hb < hb_lower_limit(panel) and panel["wbc"] < WBC_LOWER
+                          and panel["platelets"] < PLATELETS_LOWER),
+    )
+
+
+def findings(panel: Panel, indices: DerivedIndices) -> list[Finding]:
+    """What the panel itself shows: signs that point to B12/folate deficiency, then confounders."""
+    mcv, rdw, hb = panel["mcv"], panel["rdw"], panel["hb"]
+    anaemic = hb < hb_lower_limit(panel)
+    out: list[Finding] = []
+    if mcv > MACROCYTOSIS_MCV:
+        out.append(Finding(
+            code="macrocytosis",
+            text=(f"MCV {mcv:.1f} fL is above {MACROCYTOSIS_MCV:g} fL (macrocytosis): consistent with B12 or "
+                  "folate deficiency; alcohol, liver disease, hypothyroidism, drugs (e.g. methotrexate, "
+                  "hydroxyurea) and reticulocytosis also cause it."),
+        ))
+    if rdw > RDW_UPPER:
+        out.append(Finding(
+            code="raised_rdw",
+            text=(f"RDW {rdw:.1f} % is above {RDW_UPPER:g} % (anisocytosis): seen early in B12 or folate "
+                  "deficiency, and equally in iron deficiency."),
+        ))
+    if indices.pancytopenia:
+        out.append(Finding(
+            code="pancytopenia",
+            text=(f"Hb {hb:.1f} g/dL, WBC {panel['wbc']:.2f} ×10⁹/L and platelets {panel['platelets']:.0f} "
+                  "×10⁹/L are all below their reference limits (pancytopenia): severe megaloblastic "
+                  "anaemia is one cause; marrow failure, infiltration and hypersplenism are others."),
+        ))
+    elif anaemic:
+        out.append(Finding(
+            code="anaemia",
+            text=f"Hb {hb:.1f} g/dL is below {hb_lower_limit(panel):g} g/dL (anaemia).",
+        ))
+    if mcv < MICROCYTOSIS_MCV:
+        out.append(Finding(
+            code="microcytosis",
+            text=(f"MCV {mcv:.1f} fL is below {MICROCYTOSIS_MCV:g} fL (microcytosis): iron deficiency or "
+                  "thalassaemia trait can mask the macrocytosis of a coexisting B12 deficiency, so a normal "
+                  "or low MCV does not exclude it."),
+        ))
+        if indices.mentzer >= MENTZER_CUTOFF:
+            out.append(Finding(
+                code="iron_deficiency_pattern",
+                text=(f"Mentzer index {indices.mentzer:.1f} (≥ {MENTZER_CUTOFF:g}) with microcytosis favours "
+                      "iron deficiency: check ferritin."),
+            ))
+    if indices.mentzer < MENTZER_CUTOFF:
+        out.append(Finding(
+            code="thalassaemia_trait_pattern",
+            text=(f"Mentzer index {indices.mentzer:.1f} (< {MENTZER_CUTOFF:g}) favours thalassaemia trait "
+                  f"(Green–King index {indices.green_king:.1f}): small, numerous red cells can mask "
+                  "macrocytosis; consider haemoglobin electrophoresis."),
+        ))
+    if MICROCYTOSIS_MCV <= mcv <= MACROCYTOSIS_MCV and rdw > RDW_MARKED and anaemic:
+        out.append(Finding(
+            code="dimorphic_pattern",
+            text=(f"Normocytic anaemia with RDW {rdw:.1f} % (> {RDW_MARKED:g} %) can be a dimorphic picture: "
+                  "combined iron and B12 or folate deficiency averages out to a normal MCV; review the "
+                  "blood film."),
+        ))
+    return out
+
+
+_MASKING_CODES = frozenset({"microcytosis", "thalassaemia_trait_pattern", "dimorphic_pattern"})
+
+
+def recommendation(risk: RiskClass, found: Sequence[Finding]) -> str:
+    """One actionable sentence for the risk class, with a clause for findings that change what to do."""
+    codes = {f.code for f in found}
+    if risk is RiskClass.HIGH:
+        text = ("High risk of vitamin B12 deficiency: measure serum B12 and folate (add methylmalonic acid or "
+                "homocysteine if B12 is 200–300 pg/mL) and review the blood film before starting treatment")
+    elif risk is RiskClass.INTERMEDIATE:
+        text = ("Intermediate risk: the CBC cannot exclude B12 deficiency, so measure serum B12, particularly "
+                "with neuropathy, cognitive change, metformin or acid-suppressant use, a vegetarian diet, "
+                "age over 60 or malabsorption")
+    else:
+        text = ("Low risk from the CBC: it gives no reason on its own to measure B12, but a normal CBC does not "
+                "exclude deficiency, so test if symptoms or risk factors are present")
+    if "pancytopenia" in codes:
+        text += "; pancytopenia needs prompt clinical review and a blood film whatever the B12 result"
+    if codes & _MASKING_CODES:
+        text += "; check ferritin (and haemoglobin electrophoresis if Mentzer < 13), as a masked macrocytosis " \
+                "can hide B12 deficiency"
+    return text + "."

@@ -1,0 +1,76 @@
+"""Session fixtures: one real platform (PostgreSQL, Kafka-protocol broker, five services) for all tests.
+
+PostgreSQL comes from ``DATABASE_URL``, else a container when a Docker engine answers, else the embedded
+server; the broker from ``KAFKA_BOOTSTRAP_SERVERS``, else a container, else the bundled tansu broker.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from devstack import infra, stack
+
+HEALTHY_CBC = {
+    "hb": 14.2, "rbc": 4.8, "hct": 42.5, "mcv": 88.5, "mch": 29.6, "mchc": 33.4, "rdw": 12.9, "wbc": 6.8,
+    "platelets": 260, "neutrophils_pct": 58, "lymphocytes_pct": 32, "age": 46, "sex": "male",
+}
+
+
+@pytest.fixture(scope="session")
+def platform() -> Iterator[stack.Platform]:
+    state = Path(tempfile.mkdtemp(prefix="clinomic-test-"))
+    ports = {name: infra.free_port() for name in stack.DEFAULT_PORTS}
+    try:
+        with stack.platform(state, ports=ports, ephemeral=True, prefer_containers=True,
+                            extra_env={"CLASSIFY_WAIT_SECONDS": "10", "REDELIVER_AFTER_SECONDS": "3",
+                                       "DEBUG": "false"}) as running:
+            yield running
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def gateway(platform: stack.Platform) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def engine(platform: stack.Platform) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(platform.env["DATABASE_URL"])
+    yield engine
+    await engine.dispose()
+
+
+async def login(gateway: httpx.AsyncClient, username: str, password: str = stack.DEMO_PASSWORD) -> dict[str, str]:
+    response = await gateway.post("/api/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def bearer(tokens: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+@pytest.fixture(scope="session")
+async def lab(gateway: httpx.AsyncClient) -> dict[str, str]:
+    return bearer(await login(gateway, "lab_demo"))
+
+
+@pytest.fixture(scope="session")
+async def admin(gateway: httpx.AsyncClient) -> dict[str, str]:
+    return bearer(await login(gateway, "admin_demo"))
+
+
+def new_patient_id() -> str:
+    return f"P-{uuid.uuid4().hex[:10]}"
+
+
