@@ -1,0 +1,151 @@
+"""Benchmark: classify through the gateway with N clients for T seconds, then an in-process baseline.
+
+The baseline does what one request needs without the architecture (validation, both CatBoost stages, one
+insert) in a single process with the same concurrency, so the two throughputs can be compared directly.
+Figures are measured here and printed; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from devstack import infra, stack
+
+BASE_CBC = {"hb": 13.1, "rbc": 4.4, "hct": 39.6, "mcv": 90.0, "mch": 29.8, "mchc": 33.1, "rdw": 13.4,
+            "wbc": 6.9, "platelets": 240, "neutrophils_pct": 57, "lymphocytes_pct": 33, "age": 52, "sex": "female"}
+
+
+def cbc_variant(rng: random.Random) -> dict[str, object]:
+    """A plausible, internally consistent panel with some spread, so the model sees varied input."""
+    rbc = rng.uniform(3.6, 5.4)
+    mcv = rng.uniform(78, 108)
+    hb = rng.uniform(9.5, 16)
+    hct = rbc * mcv / 10
+    return BASE_CBC | {"rbc": round(rbc, 2), "mcv": round(mcv, 1), "hb": round(hb, 1), "hct": round(hct, 1),
+                       "mch": round(hb * 10 / rbc, 1), "mchc": round(hb * 100 / hct, 1),
+                       "rdw": round(rng.uniform(11.5, 18), 1), "age": rng.randint(18, 90),
+                       "sex": rng.choice(["female", "male"])}
+
+
+@dataclass
+class Run:
+    name: str
+    seconds: float
+    latencies_ms: list[float]
+    outcomes: Counter[str]
+
+    def report(self) -> dict[str, object]:
+        lat = sorted(self.latencies_ms)
+        q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]) if lat else (lambda p: float("nan"))
+        return {"run": self.name, "requests": len(lat), "throughput_rps": round(len(lat) / self.seconds, 1),
+                "p50_ms": round(q(0.50), 2), "p95_ms": round(q(0.95), 2), "p99_ms": round(q(0.99), 2),
+                "mean_ms": round(statistics.fmean(lat), 2) if lat else None, "outcomes": dict(self.outcomes)}
+
+
+async def drive(duration: float, clients: int, one_request) -> tuple[list[float], Counter[str]]:  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    deadline = time.perf_counter() + duration
+
+    async def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            outcome = await one_request(rng)
+            latencies.append((time.perf_counter() - start) * 1000)
+            outcomes[outcome] += 1
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return latencies, outcomes
+
+
+async def through_gateway(gateway_url: str, clients: int, seconds: float) -> Run:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30.0, limits=limits) as http:
+        login = await http.post("/api/auth/login", json={"username": "lab_demo", "password": stack.DEMO_PASSWORD})
+        login.raise_for_status()
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+        async def one(rng: random.Random) -> str:
+            body = {"patient": {"external_id": f"B-{rng.randrange(10**9)}", "name": "Bench Patient"},
+                    "cbc": cbc_variant(rng)}
+            response = await http.post("/api/screening/classify", json=body, headers=headers)
+            return str(response.status_code)
+
+        await drive(2.0, clients, one)  # warm-up: connections, consumer fetch loops, CatBoost caches
+        latencies, outcomes = await drive(seconds, clients, one)
+    return Run(f"gateway → Kafka → inference → screening → gateway ({clients} clients)", seconds, latencies, outcomes)
+
+
+async def in_process_baseline(database_url: str, clients: int, seconds: float) -> Run:
+    from inference.model import B12Model
+    from inference.settings import InferenceSettings
+    from sqlalchemy import text
+
+    from shared.db import create_engine
+    from shared.events.screening import CompleteBloodCount
+
+    model = B12Model.load(InferenceSettings().model_dir)
+    engine = create_engine(database_url, application_name="clinomic-bench", pool_size=min(clients, 20))
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE SCHEMA IF NOT EXISTS bench"))
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS bench.baseline_screenings "
+                                "(id uuid PRIMARY KEY, cbc jsonb NOT NULL, assessment jsonb NOT NULL, "
+                                "recorded_at timestamptz NOT NULL DEFAULT now())"))
+    insert = text("INSERT INTO bench.baseline_screenings (id, cbc, assessment) "
+                  "VALUES (:id, CAST(:cbc AS jsonb), CAST(:a AS jsonb))")
+
+    async def one(rng: random.Random) -> str:
+        cbc = CompleteBloodCount.model_validate(cbc_variant(rng))
+        assessment = model.assess(np.array([cbc.as_features()], dtype=np.float64))[0]
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"id": uuid.uuid4(), "cbc": cbc.model_dump_json(),
+                                        "a": assessment.model_dump_json()})
+        return "recorded"
+
+    try:
+        await drive(2.0, clients, one)
+        latencies, outcomes = await drive(seconds, clients, one)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA bench CASCADE"))
+        await engine.dispose()
+    return Run(f"in-process baseline: validate + CatBoost + insert ({clients} clients)", seconds, latencies, outcomes)
+
+
+def print_runs(runs: list[Run]) -> None:
+    reports = [r.report() for r in runs]
+    for report in reports:
+        print(json.dumps(report))
+    if len(reports) == 2 and reports[1]["throughput_rps"]:
+        ratio = reports[0]["throughput_rps"] / reports[1]["throughput_rps"]  # type: ignore[operator]
+        print(f"gateway throughput / baseline throughput = {ratio:.2f} (aim ≥ 0.6); "
+              f"gateway p99 = {reports[0]['p99_ms']} ms (aim ≤ 40 ms at 50 clients)")
+
+
+def main(*, clients: int, seconds: float, gateway_url: str | None, state_dir: Path) -> None:
+    if gateway_url:
+        database_url = os.environ["DATABASE_URL"]
+        runs = [asyncio.run(through_gateway(gateway_url, clients, seconds))]
+        runs.append(asyncio.run(in_process_baseline(database_url, clients, seconds)))
+        print_runs(runs)
+        return
+    ports = {name: infra.free_port() for name in stack.DEFAULT_PORTS}
+    with stack.platform(state_dir, ports=ports, ephemeral=True,
+                        extra_env={"LOG_LEVEL": "WARNING", "DEBUG": "false"}) as platform:
+        print(f"platform: {platform.infra}")
+        runs = [asyncio.run(through_gateway(platform.gateway_url, clients, seconds))]
+        runs.append(asyncio.run(in_process_baseline(platform.env["DATABASE_URL"], clients, seconds)))
+    print_runs(runs)

@@ -1,0 +1,94 @@
+"""At-least-once delivery with idempotent consumers: duplicates change nothing, crashes lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from devstack.stack import Platform
+from shared.events import Topic
+from tests.conftest import HEALTHY_CBC, new_patient_id
+
+
+async def events_of(bootstrap: str, topic: str, screening_id: str) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"probe-{uuid.uuid4().hex}",
+                                auto_offset_reset="earliest", fetch_max_wait_ms=5, enable_auto_commit=False)
+    await consumer.start()
+    found: list[bytes] = []
+    try:
+        idle = 0
+        while idle < 10:
+            batch = await consumer.getmany(timeout_ms=200)
+            idle = 0 if batch else idle + 1
+            found += [m.value for records in batch.values() for m in records if screening_id.encode() in m.value]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def ledger_count(engine: AsyncEngine, event_id: str) -> int:
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT count(*) FROM audit.entries WHERE event_id = :e"), {"e": event_id})
+
+
+async def screening_rows(engine: AsyncEngine, org_schema: str, screening_id: str) -> int:
+    async with engine.connect() as conn:
+        return await conn.scalar(text(f'SELECT count(*) FROM "{org_schema}".screenings WHERE id = :i'),
+                                 {"i": screening_id})
+
+
+async def tenant_schema_of(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT schema_name FROM screening.tenants t JOIN auth.organizations o "
+                                      "ON o.id = t.org_id WHERE o.slug = 'demo'"))
+
+
+async def test_a_redelivered_classification_records_and_audits_nothing_new(
+    platform: Platform, gateway: httpx.AsyncClient, lab: dict, engine: AsyncEngine
+) -> None:
+    body = {"patient": {"external_id": new_patient_id()}, "cbc": HEALTHY_CBC}
+    screening_id = (await gateway.post("/api/screening/classify", json=body, headers=lab)).json()["id"]
+    bootstrap = platform.env["KAFKA_BOOTSTRAP_SERVERS"]
+    [classified] = await events_of(bootstrap, Topic.SCREENING_CLASSIFIED, screening_id)
+    event_id = json.loads(classified)["event_id"]
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for _ in range(3):
+            await producer.send_and_wait(Topic.SCREENING_CLASSIFIED, classified, key=screening_id.encode())
+    finally:
+        await producer.stop()
+    await asyncio.sleep(1.5)
+
+    assert await screening_rows(engine, await tenant_schema_of(engine), screening_id) == 1
+    assert await ledger_count(engine, event_id) == 1
+    recorded = await events_of(bootstrap, Topic.SCREENING_RECORDED, screening_id)
+    assert len({json.loads(r)["event_id"] for r in recorded}) == 1, "re-announcements keep one event id"
+
+
+async def test_a_screening_accepted_while_the_recorder_is_down_is_recorded_after_it_restarts(
+    platform: Platform, gateway: httpx.AsyncClient, lab: dict, engine: AsyncEngine
+) -> None:
+    platform.kill_service("screening")
+    try:
+        body = {"patient": {"external_id": new_patient_id()}, "cbc": HEALTHY_CBC}
+        response = await gateway.post("/api/screening/classify", json=body, headers=lab)
+        assert response.status_code == 202
+        screening_id = response.json()["id"]
+    finally:
+        await asyncio.to_thread(platform.start_service, "screening")
+    status = None
+    for _ in range(150):
+        status = (await gateway.get(f"/api/screenings/{screening_id}", headers=lab)).status_code
+        if status == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert status == 200
+    assert await screening_rows(engine, await tenant_schema_of(engine), screening_id) == 1
