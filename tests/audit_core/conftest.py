@@ -6,9 +6,8 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from audit.ledger import LedgerEntry, chain_id_for_tenant, genesis_hash, seal
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 TENANT = "3f1d6c2e-8a4b-4c9d-9e0f-1a2b3c4d5e6f"
 CHAIN = chain_id_for_tenant(TENANT)

@@ -9,10 +9,9 @@ import random
 import uuid
 
 import pytest
+from audit.ledger import _actor_bytes, _FastHmac, canonical_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from audit.ledger import _actor_bytes, _FastHmac, canonical_json
 
 json_scalars = (
     st.none()
@@ -23,7 +22,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -37,7 +38,9 @@ def test_canonical_json_is_stable_across_key_order(mapping: dict, rnd: random.Ra
 
 
 def test_canonical_json_sorts_keys_and_has_no_whitespace() -> None:
-    assert canonical_json({"b": [1, 2], "a": {"d": None, "c": True}}) == b'{"a":{"c":true,"d":null},"b":[1,2]}'
+    assert (
+        canonical_json({"b": [1, 2], "a": {"d": None, "c": True}}) == b'{"a":{"c":true,"d":null},"b":[1,2]}'
+    )
 
 
 def test_canonical_json_sorts_keys_by_utf16_code_units() -> None:
@@ -80,7 +83,7 @@ def test_canonical_json_escapes_only_quotes_backslash_and_control_characters() -
 
 
 def test_canonical_json_is_utf8() -> None:
-    assert canonical_json("B\u2081\u2082") == "\"B\u2081\u2082\"".encode("utf-8")
+    assert canonical_json("B\u2081\u2082") == '"B\u2081\u2082"'.encode("utf-8")
 
 
 def test_canonical_json_refuses_lone_surrogates() -> None:

@@ -7,9 +7,6 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from audit.ledger import (
     LedgerEntry,
     chain_id_for_tenant,
@@ -20,6 +17,8 @@ from audit.ledger import (
     seal_envelope,
     verify_chain,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shared.events.envelope import Actor, Envelope
 
 from .conftest import CHAIN, KEY, KEY_ID, TENANT, build_chain
@@ -119,7 +118,9 @@ def test_changed_prev_hash_is_found_at_that_entry(chain: list[LedgerEntry], keys
     assert (result.first_broken_seq, result.reason) == (K, "prev hash mismatch")
 
 
-def test_deleted_entry_is_found_at_its_sequence_number(chain: list[LedgerEntry], keys: dict[str, bytes]) -> None:
+def test_deleted_entry_is_found_at_its_sequence_number(
+    chain: list[LedgerEntry], keys: dict[str, bytes]
+) -> None:
     del chain[K - 1]
     result = verify_chain(chain, keys)
     assert (result.ok, result.first_broken_seq, result.reason) == (False, K, "sequence gap")
@@ -133,7 +134,9 @@ def test_deleted_entry_with_renumbered_rehashed_tail_fails_hmac_there(
     assert (result.first_broken_seq, result.reason) == (K, "hmac mismatch")
 
 
-def test_inserted_entry_is_found_where_it_was_inserted(chain: list[LedgerEntry], keys: dict[str, bytes]) -> None:
+def test_inserted_entry_is_found_where_it_was_inserted(
+    chain: list[LedgerEntry], keys: dict[str, bytes]
+) -> None:
     forged = seal(
         CHAIN,
         K,
@@ -193,7 +196,9 @@ def test_recomputed_hashes_without_the_key_fail_hmac_at_the_first_changed_entry(
 
 
 def test_hmac_under_a_wrong_key_is_a_mismatch(chain: list[LedgerEntry], keys: dict[str, bytes]) -> None:
-    chain[K - 1] = dataclasses.replace(chain[K - 1], hmac=entry_hmac(b"other", chain[K - 1].prev_hash, chain[K - 1].entry_hash))
+    chain[K - 1] = dataclasses.replace(
+        chain[K - 1], hmac=entry_hmac(b"other", chain[K - 1].prev_hash, chain[K - 1].entry_hash)
+    )
     result = verify_chain(chain, keys)
     assert (result.first_broken_seq, result.reason) == (K, "hmac mismatch")
 
@@ -218,7 +223,9 @@ def test_rotated_keys_verify_with_a_key_id_mapping() -> None:
     assert (result.first_broken_seq, result.reason) == (1, "unknown key id")
 
 
-def test_verification_resumes_from_the_last_verified_hash(chain: list[LedgerEntry], keys: dict[str, bytes]) -> None:
+def test_verification_resumes_from_the_last_verified_hash(
+    chain: list[LedgerEntry], keys: dict[str, bytes]
+) -> None:
     head = verify_chain(chain[:4], keys)
     tail = verify_chain(chain[4:], keys, start_prev_hash=head.last_hash, expected_first_seq=head.last_seq + 1)
     assert tail.ok and tail.last_seq == 10
@@ -244,7 +251,9 @@ def test_platform_chain_takes_entries_without_tenant(keys: dict[str, bytes]) -> 
     assert verify_chain(build_chain(3, chain_id="platform", tenant_id=None), keys).ok
 
 
-def test_missing_tail_is_invisible_to_the_chain_alone(chain: list[LedgerEntry], keys: dict[str, bytes]) -> None:
+def test_missing_tail_is_invisible_to_the_chain_alone(
+    chain: list[LedgerEntry], keys: dict[str, bytes]
+) -> None:
     # Documented limit: truncation at the end is caught by signed tree heads, not by the chain.
     assert verify_chain(chain[:7], keys).ok
 
@@ -266,8 +275,17 @@ def test_non_canonical_content_is_found_when_asked() -> None:
     prev = entries[-1].entry_hash
     entries.append(
         seal(
-            CHAIN, 4, prev, event_id="e4", event_type="t", actor={"role": "r"}, tenant_id=TENANT,
-            occurred_at="2025-06-01T12:00:00Z", content=b'{ "b": 1, "a": 2 }', key_id=KEY_ID, key=KEY,
+            CHAIN,
+            4,
+            prev,
+            event_id="e4",
+            event_type="t",
+            actor={"role": "r"},
+            tenant_id=TENANT,
+            occurred_at="2025-06-01T12:00:00Z",
+            content=b'{ "b": 1, "a": 2 }',
+            key_id=KEY_ID,
+            key=KEY,
         )
     )
     assert verify_chain(entries, {KEY_ID: KEY}).ok
@@ -304,15 +322,36 @@ def test_entry_hash_is_domain_separated_from_the_raw_fields(chain: list[LedgerEn
     # Moving bytes between adjacent fields must change the hash (length prefixes).
     e = chain[0]
     a = compute_entry_hash(
-        e.chain_id, 1, e.prev_hash, event_id="ab", event_type="c", actor={}, tenant_id=None,
-        occurred_at="t", content=b"x",
+        e.chain_id,
+        1,
+        e.prev_hash,
+        event_id="ab",
+        event_type="c",
+        actor={},
+        tenant_id=None,
+        occurred_at="t",
+        content=b"x",
     )
     b = compute_entry_hash(
-        e.chain_id, 1, e.prev_hash, event_id="a", event_type="bc", actor={}, tenant_id=None,
-        occurred_at="t", content=b"x",
+        e.chain_id,
+        1,
+        e.prev_hash,
+        event_id="a",
+        event_type="bc",
+        actor={},
+        tenant_id=None,
+        occurred_at="t",
+        content=b"x",
     )
     c = compute_entry_hash(
-        e.chain_id, 1, e.prev_hash, event_id="ab", event_type="c", actor={}, tenant_id="",
-        occurred_at="t", content=b"x",
+        e.chain_id,
+        1,
+        e.prev_hash,
+        event_id="ab",
+        event_type="c",
+        actor={},
+        tenant_id="",
+        occurred_at="t",
+        content=b"x",
     )
     assert len({a, b, c}) == 3

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from audit.merkle import (
     EMPTY_ROOT,
+    MerkleFrontier,
     MerkleTree,
     assemble_proof,
     consistency_proof_plan,
@@ -19,6 +17,8 @@ from audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # ---- a naive, recursive transcription of RFC 9162 section 2.1, for comparison ---------------------------
 
@@ -90,8 +90,19 @@ def test_empty_tree_root_is_the_hash_of_nothing() -> None:
 
 def test_roots_match_known_rfc6962_test_vectors() -> None:
     # The eight-leaf test vector used by Certificate Transparency implementations.
-    data = [bytes.fromhex(x) for x in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
-                                        "606162636465666768696a6b6c6d6e6f"]]
+    data = [
+        bytes.fromhex(x)
+        for x in [
+            "",
+            "00",
+            "10",
+            "2021",
+            "3031",
+            "40414243",
+            "5051525354555657",
+            "606162636465666768696a6b6c6d6e6f",
+        ]
+    ]
     tree = tree_of(data)
     assert tree.root(1).hex() == "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
     assert tree.root(8).hex() == "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
@@ -218,9 +229,13 @@ def test_proof_plans_need_only_stored_nodes() -> None:
             nodes[(level, i)] = blob[i * 32 : (i + 1) * 32]
     for size in range(1, MAX + 1):
         for index in range(size):
-            assert assemble_proof(inclusion_proof_plan(index, size), nodes) == TREE.inclusion_proof(index, size)
+            assert assemble_proof(inclusion_proof_plan(index, size), nodes) == TREE.inclusion_proof(
+                index, size
+            )
         for old in range(1, size + 1):
-            assert assemble_proof(consistency_proof_plan(old, size), nodes) == TREE.consistency_proof(old, size)
+            assert assemble_proof(consistency_proof_plan(old, size), nodes) == TREE.consistency_proof(
+                old, size
+            )
 
 
 def test_new_nodes_for_leaf_are_what_an_append_completes() -> None:
@@ -240,3 +255,21 @@ def test_sizes_beyond_the_tree_are_refused() -> None:
         TREE.inclusion_proof(3, MAX + 1)
     with pytest.raises(ValueError):
         TREE.inclusion_proof(5, 5)
+
+
+def test_frontier_appends_create_the_same_nodes_and_roots_as_the_tree() -> None:
+    frontier = MerkleFrontier()
+    assert frontier.root() == EMPTY_ROOT
+    for i, item in enumerate(DATA):
+        created = frontier.append(item)
+        assert [(lv, j) for lv, j, _ in created] == new_nodes_for_leaf(i)
+        assert all(TREE.node(lv, j) == h for lv, j, h in created)
+        assert frontier.root() == TREE.root(i + 1)
+
+
+def test_frontier_resumes_from_the_few_stored_nodes_it_names() -> None:
+    for size in range(MAX):
+        frontier = MerkleFrontier(size, [TREE.node(lv, j) for lv, j in MerkleFrontier.nodes_needed(size)])
+        frontier.append(DATA[size])
+        assert frontier.root() == TREE.root(size + 1)
+    assert len(MerkleFrontier.nodes_needed(2**20 - 1)) == 20

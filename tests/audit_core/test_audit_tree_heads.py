@@ -7,11 +7,10 @@ import io
 from datetime import UTC, datetime
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from audit.ledger import LedgerEntry, compute_entry_hash, genesis_hash, verify_chain
 from audit.merkle import MerkleTree, public_key_id, sign_tree_head, tree_head_message, verify_tree_head
 from audit.verifier import export_ledger, verify_export
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .conftest import CHAIN, build_chain
 
@@ -48,7 +47,9 @@ def test_signed_tree_head_accepts_an_aware_datetime(signing_key: Ed25519PrivateK
         ("version", 2),
     ],
 )
-def test_tree_head_with_a_changed_field_fails(signing_key: Ed25519PrivateKey, field: str, value: object) -> None:
+def test_tree_head_with_a_changed_field_fails(
+    signing_key: Ed25519PrivateKey, field: str, value: object
+) -> None:
     head = sign_tree_head(10, ROOT, 1_750_000_000_000, signing_key, chain_id=CHAIN)
     head[field] = value
     assert not verify_tree_head(head, signing_key.public_key())
@@ -60,7 +61,9 @@ def test_tree_head_fails_under_another_key(signing_key: Ed25519PrivateKey) -> No
 
 
 @pytest.mark.parametrize("broken", [{}, {"version": 1}, {"version": 1, "tree_size": "10"}, "not a head"])
-def test_malformed_tree_head_is_rejected_without_raising(signing_key: Ed25519PrivateKey, broken: object) -> None:
+def test_malformed_tree_head_is_rejected_without_raising(
+    signing_key: Ed25519PrivateKey, broken: object
+) -> None:
     assert not verify_tree_head(broken, signing_key.public_key())  # type: ignore[arg-type]
 
 
@@ -84,8 +87,15 @@ def test_signed_tree_head_detects_a_rewritten_ledger_even_with_recomputed_hashes
     for e in entries[5:]:
         content = b'{"payload":{"b12_pmol_l":999}}' if e.seq == 6 else e.content
         h = compute_entry_hash(
-            CHAIN, e.seq, prev, event_id=e.event_id, event_type=e.event_type, actor=e.actor,
-            tenant_id=e.tenant_id, occurred_at=e.occurred_at, content=content,
+            CHAIN,
+            e.seq,
+            prev,
+            event_id=e.event_id,
+            event_type=e.event_type,
+            actor=e.actor,
+            tenant_id=e.tenant_id,
+            occurred_at=e.occurred_at,
+            content=content,
         )
         rewritten.append(dataclasses.replace(e, content=content, prev_hash=prev, entry_hash=h))
         prev = h
@@ -104,7 +114,10 @@ def test_signed_tree_head_detects_a_rewritten_ledger_even_with_recomputed_hashes
 def test_tree_heads_narrow_down_where_the_ledger_was_rewritten(signing_key: Ed25519PrivateKey) -> None:
     entries = build_chain(20)
     tree = tree_for(entries)
-    heads = [sign_tree_head(n, tree.root(n), 1_750_000_000_000 + n, signing_key, chain_id=CHAIN) for n in (4, 8, 16, 20)]
+    heads = [
+        sign_tree_head(n, tree.root(n), 1_750_000_000_000 + n, signing_key, chain_id=CHAIN)
+        for n in (4, 8, 16, 20)
+    ]
     entries[9] = dataclasses.replace(entries[9], content=b"{}")  # seq 10, stored hash left stale
     buffer = io.StringIO()
     export_ledger(entries, buffer, chain_id=CHAIN)

@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from typer.testing import CliRunner
-
 from audit.cli import app
 from audit.ledger import LedgerEntry, compute_entry_hash, genesis_hash
 from audit.merkle import MerkleTree, sign_tree_head
 from audit.verifier import export_ledger, read_export, verify_export
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typer.testing import CliRunner
 
 from .conftest import CHAIN, KEY, KEY_ID, build_chain
 
@@ -34,7 +33,14 @@ class Files:
     entries: list[LedgerEntry]
 
     def args(self, *extra: str, hmac: bool = True) -> list[str]:
-        base = ["verify", str(self.ledger), "--tree-heads", str(self.heads), "--public-key", str(self.public_key)]
+        base = [
+            "verify",
+            str(self.ledger),
+            "--tree-heads",
+            str(self.heads),
+            "--public-key",
+            str(self.public_key),
+        ]
         if hmac:
             base += ["--hmac-key-file", str(self.hmac_keys)]
         return base + list(extra)
@@ -58,7 +64,8 @@ def files(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Files:
     heads = tmp_path / "heads.jsonl"
     heads.write_text(
         "".join(
-            json.dumps(sign_tree_head(n, tree.root(n), 1_750_000_000_000 + n, signing_key, chain_id=CHAIN)) + "\n"
+            json.dumps(sign_tree_head(n, tree.root(n), 1_750_000_000_000 + n, signing_key, chain_id=CHAIN))
+            + "\n"
             for n in (4, 12)
         )
     )
@@ -111,8 +118,15 @@ def test_cli_verify_with_hmac_key_catches_recomputed_hashes(files: Files) -> Non
     last = files.entries[-1]
     forged = b'{"payload":{"risk":"normal"}}'
     h = compute_entry_hash(
-        CHAIN, 12, last.prev_hash, event_id=last.event_id, event_type=last.event_type, actor=last.actor,
-        tenant_id=last.tenant_id, occurred_at=last.occurred_at, content=forged,
+        CHAIN,
+        12,
+        last.prev_hash,
+        event_id=last.event_id,
+        event_type=last.event_type,
+        actor=last.actor,
+        tenant_id=last.tenant_id,
+        occurred_at=last.occurred_at,
+        content=forged,
     )
     files.rewrite_line(12, lambda o: o.update(content=forged.decode(), entry_hash=h.hex()))
     with_key = runner.invoke(app, files.args())
@@ -156,11 +170,13 @@ def test_cli_verify_warns_that_without_tree_heads_or_keys_hashes_prove_little(fi
 def test_cli_verify_rejects_a_tree_head_signed_by_another_key(files: Files, tmp_path: Path) -> None:
     other = tmp_path / "other.pem"
     other.write_bytes(
-        Ed25519PrivateKey.generate().public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    result = runner.invoke(app, ["verify", str(files.ledger), "--tree-heads", str(files.heads), "--public-key", str(other)])
+    result = runner.invoke(
+        app, ["verify", str(files.ledger), "--tree-heads", str(files.heads), "--public-key", str(other)]
+    )
     assert result.exit_code == 1 and "bad signature" in result.output
 
 
@@ -195,7 +211,9 @@ def test_partial_export_verifies_its_chain_but_cannot_check_tree_heads(
     export_ledger(entries[6:], buffer, chain_id=CHAIN, first_seq=7, start_prev_hash=entries[5].entry_hash)
     buffer.seek(0)
     head = sign_tree_head(12, bytes(32), 1, signing_key, chain_id=CHAIN)
-    report = verify_export(buffer, tree_heads=[head], public_keys=[signing_key.public_key()], hmac_keys={KEY_ID: KEY})
+    report = verify_export(
+        buffer, tree_heads=[head], public_keys=[signing_key.public_key()], hmac_keys={KEY_ID: KEY}
+    )
     assert report.chain.ok and report.chain.checked == 6
     assert report.tree_heads[0].status == "not checkable"
 
@@ -204,5 +222,10 @@ def test_cli_bench_prints_speed_tree_build_time_and_proof_latency() -> None:
     result = runner.invoke(app, ["bench", "--entries", "3000", "--proofs", "50", "--chunk", "1000", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout[result.stdout.index("{") :])
-    for name in ("verify_chain_entries_per_s", "tree_append_s", "inclusion_proof_ms_mean", "file_verify_entries_per_s"):
+    for name in (
+        "verify_chain_entries_per_s",
+        "tree_append_s",
+        "inclusion_proof_ms_mean",
+        "file_verify_entries_per_s",
+    ):
         assert figures[name] is not None

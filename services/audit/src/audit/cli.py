@@ -98,7 +98,9 @@ def verify(
 def bench(
     entries: Annotated[int, typer.Option("--entries", min=1, help="Ledger length to measure.")] = 1_000_000,
     proofs: Annotated[int, typer.Option("--proofs", min=1, help="Proofs of each kind to time.")] = 1000,
-    chunk: Annotated[int, typer.Option("--chunk", min=1, help="Entries sealed and verified per batch.")] = 100_000,
+    chunk: Annotated[
+        int, typer.Option("--chunk", min=1, help="Entries sealed and verified per batch.")
+    ] = 100_000,
     file_check: Annotated[
         bool, typer.Option("--file/--no-file", help="Also export to a temp file and verify it end to end.")
     ] = True,

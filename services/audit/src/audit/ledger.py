@@ -133,9 +133,7 @@ def _emit(value: Any, out: list[str]) -> None:
                     out.append(",")
                 _emit(item, out)
             out.append("]")
-        elif isinstance(value, bool):  # pragma: no cover - bool subclasses are not constructible
-            out.append("true" if value else "false")
-        elif isinstance(value, int):
+        elif isinstance(value, int):  # int subclasses (IntEnum); bool cannot be subclassed
             out.append(int.__repr__(int(value)))
         elif isinstance(value, float):
             out.append(_format_number(float(value)))
@@ -265,9 +263,7 @@ def compute_entry_hash(
         seq, len(chain_b), len(eid_b), len(type_b), len(actor_b), tenant_len, len(occ_b), len(content)
     )
     return _sha256(
-        b"".join(
-            (ENTRY_DOMAIN, header, prev_hash, chain_b, eid_b, type_b, actor_b, tenant_b, occ_b, content)
-        )
+        b"".join((ENTRY_DOMAIN, header, prev_hash, chain_b, eid_b, type_b, actor_b, tenant_b, occ_b, content))
     ).digest()
 
 

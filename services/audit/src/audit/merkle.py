@@ -18,8 +18,9 @@ right-fold of at most log2(n) stored nodes (the binary decomposition of its leng
 most log2(n) such folds, and needs no leaf data: :func:`inclusion_proof_plan` and
 :func:`consistency_proof_plan` list exactly which stored nodes ``(level, index)`` a proof needs, so a service
 that keeps the nodes in a table can fetch those few rows and call :func:`assemble_proof`, without loading the
-tree. :func:`MerkleTree.from_leaf_hashes` rebuilds the levels from stored leaf hashes (n - 1 hashes) and
-:func:`MerkleTree.from_levels` restores them with no hashing at all.
+tree. :class:`MerkleFrontier` is the writer's side of the same idea: the O(log n) right-edge nodes, enough
+to append and to compute the new root. :func:`MerkleTree.from_leaf_hashes` rebuilds the levels from stored
+leaf hashes (n - 1 hashes) and :func:`MerkleTree.from_levels` restores them with no hashing at all.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 __all__ = [
     "EMPTY_ROOT",
     "TREE_HEAD_DOMAIN",
+    "MerkleFrontier",
     "MerkleTree",
     "assemble_proof",
     "consistency_proof_plan",
@@ -172,7 +174,9 @@ def consistency_proof_plan(old_size: int, new_size: int) -> list[list[tuple[int,
     return [range_nodes(lo, hi) for lo, hi in consistency_proof_ranges(old_size, new_size)]
 
 
-def assemble_proof(plan: Sequence[Sequence[tuple[int, int]]], nodes: Mapping[tuple[int, int], bytes]) -> list[bytes]:
+def assemble_proof(
+    plan: Sequence[Sequence[tuple[int, int]]], nodes: Mapping[tuple[int, int], bytes]
+) -> list[bytes]:
     """Turn a plan into proof hashes, given the stored nodes it names (e.g. fetched in one query)."""
     return [fold_range([nodes[n] for n in element]) for element in plan]
 
@@ -252,7 +256,9 @@ class MerkleTree:
             below = memoryview(levels[-1])
             pairs = len(below) >> 6
             levels.append(
-                bytearray(b"".join([sha(node + below[j : j + 64]).digest() for j in range(0, pairs << 6, 64)]))
+                bytearray(
+                    b"".join([sha(node + below[j : j + 64]).digest() for j in range(0, pairs << 6, 64)])
+                )
             )
             below.release()
         tree._levels = levels
@@ -338,6 +344,62 @@ class MerkleTree:
         """PROOF(old_size, D[0:new_size]), RFC 9162 section 2.1.4.1."""
         new_size = self._check_size(new_size)
         return [self._range_hash(lo, hi) for lo, hi in consistency_proof_ranges(old_size, new_size)]
+
+
+class MerkleFrontier:
+    """The O(log n) state a writer needs: the stored nodes of ``range_nodes(0, size)`` (the compact range).
+
+    For a service that keeps every node in a table and never the whole tree in memory: restore it from the
+    at most log2(n) rows named by :meth:`nodes_needed`, then each :meth:`append_leaf_hash` returns the rows
+    to insert (the leaf and the parents it completes) and :meth:`root` the new tree head.
+    """
+
+    __slots__ = ("_size", "_hashes")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        expected = len(range_nodes(0, size)) if size else 0
+        if size < 0 or len(hashes) != expected or not all(_is_hash(h) for h in hashes):
+            raise ValueError(f"a frontier of size {size} needs {expected} hashes of 32 bytes")
+        self._size = size
+        self._hashes = [bytes(h) for h in hashes]
+
+    @staticmethod
+    def nodes_needed(size: int) -> list[tuple[int, int]]:
+        """The stored nodes ``(level, index)`` to load to resume appending at ``size``."""
+        return range_nodes(0, size) if size else []
+
+    @classmethod
+    def from_tree(cls, tree: MerkleTree, size: int | None = None) -> MerkleFrontier:
+        size = tree.size if size is None else size
+        return cls(size, [tree.node(lv, i) for lv, i in cls.nodes_needed(size)])
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def root(self) -> bytes:
+        return fold_range(self._hashes) if self._hashes else EMPTY_ROOT
+
+    def append(self, leaf_data: bytes) -> list[tuple[int, int, bytes]]:
+        return self.append_leaf_hash(leaf_hash(leaf_data))
+
+    def append_leaf_hash(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Append; return the new nodes ``(level, index, hash)``, leaf first, to store."""
+        if not _is_hash(leaf):
+            raise ValueError("a leaf hash is 32 bytes")
+        index = self._size
+        current = bytes(leaf)
+        level = 0
+        created = [(0, index, current)]
+        hashes = self._hashes
+        while index & 1:
+            current = _sha256(_NODE + hashes.pop() + current).digest()
+            level += 1
+            index >>= 1
+            created.append((level, index, current))
+        hashes.append(current)
+        self._size += 1
+        return created
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -441,8 +503,8 @@ _TH_HEADER = struct.Struct(">QQH")
 def tree_head_message(size: int, root: bytes, timestamp_ms: int, chain_id: str | None) -> bytes:
     """The bytes an Ed25519 tree-head signature covers::
 
-        b"clinomic-audit/tree-head/v1\\x00" ‖ u64 tree_size ‖ u64 timestamp_ms ‖ u16 len(chain_id)
-            ‖ chain_id (UTF-8, empty when unbound) ‖ root (32 bytes)        (integers big-endian)
+    b"clinomic-audit/tree-head/v1\\x00" ‖ u64 tree_size ‖ u64 timestamp_ms ‖ u16 len(chain_id)
+        ‖ chain_id (UTF-8, empty when unbound) ‖ root (32 bytes)        (integers big-endian)
     """
     if not _is_hash(root):
         raise ValueError("root must be 32 bytes")

@@ -388,7 +388,9 @@ class VerifierReport:
             lines.append(f"the ledger differs from what was signed within entries {lo}..{hi}")
         lines.extend(f"problem: {p}" for p in self.problems)
         lines.extend(f"warning: {w}" for w in self.warnings)
-        lines.append("RESULT: OK" if self.ok else f"RESULT: FAILED (first broken entry: {self.first_broken_seq})")
+        lines.append(
+            "RESULT: OK" if self.ok else f"RESULT: FAILED (first broken entry: {self.first_broken_seq})"
+        )
         return "\n".join(lines)
 
 
@@ -449,7 +451,8 @@ def check_tree_heads(
             if size_i > entries:
                 add(
                     "beyond end of ledger",
-                    f"signed at {size_i} entries but the export has {entries}: entries are missing at the end",
+                    f"signed at {size_i} entries but the export has {entries}: "
+                    "entries are missing at the end",
                 )
                 missing_from = entries + 1
                 failed_sizes.append(size_i)
@@ -527,7 +530,9 @@ def _verify_stream(
         check_content=check_content,
         on_hash=tree.append if tree is not None else None,
     )
-    tree_note = "" if tree is not None else "a partial export (first_seq > 1) cannot be held against tree heads"
+    tree_note = (
+        "" if tree is not None else "a partial export (first_seq > 1) cannot be held against tree heads"
+    )
     # After a break, keep reading: the remaining entries still count, and their recomputed hashes still go
     # into the tree so that every tree head can be checked (the tree stops at the first unreadable entry).
     tree_growing = tree is not None and tree.size == consumed
@@ -653,7 +658,8 @@ def benchmark(
         while seq <= entries:
             n = min(chunk, entries - seq + 1)
             contents = [
-                canonical_json(_bench_content(rng, s, tenant, actors[s % len(actors)])) for s in range(seq, seq + n)
+                canonical_json(_bench_content(rng, s, tenant, actors[s % len(actors)]))
+                for s in range(seq, seq + n)
             ]
             batch: list[LedgerEntry] = []
             start_prev = prev
@@ -751,7 +757,9 @@ def benchmark(
         "mean_content_bytes": round(content_bytes / max(entries, 1)),
         "seal_entries_per_s": round(entries / seal_time) if seal_time else None,
         "verify_chain_entries_per_s": round(entries / verify_time) if verify_time else None,
-        "verify_chain_no_hmac_entries_per_s": round(entries / verify_nohmac_time) if verify_nohmac_time else None,
+        "verify_chain_no_hmac_entries_per_s": round(entries / verify_nohmac_time)
+        if verify_nohmac_time
+        else None,
         "tree_append_s": round(append_time, 3),
         "tree_rebuild_from_leaf_hashes_s": round(rebuild_time, 3),
         "tree_restore_from_levels_s": round(restore_time, 3),

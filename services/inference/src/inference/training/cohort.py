@@ -156,7 +156,7 @@ def generate_cohort(n: int, seed: int, pop: Population = INDIA_LAB) -> dict[str,
     lymphocytes = rng.normal(31.0, 7.0, n)
 
     # -- thalassaemia trait: small red cells, many of them, little anisocytosis
-    mcv = np.where(thal, rng.normal(67.0, 4.0, n), mcv)
+    mcv = np.where(thal, rng.normal(65.0, 3.5, n), mcv)
     hb = hb - thal * uniform(0.5, 1.5)
     mchc = mchc - thal * uniform(0.0, 1.5)
     rdw = rdw + thal * uniform(0.0, 1.5)

@@ -38,6 +38,7 @@ from inference.model import (
     ModelIdentity,
     PlattCalibration,
     _load_catboost,
+    sigmoid,
     write_manifest,
 )
 from inference.training import card as card_module
@@ -158,7 +159,7 @@ def fit_platt(margin: np.ndarray, y: np.ndarray, iterations: int = 100) -> tuple
     w = np.array([1.0, 0.0])
     for _ in range(iterations):
         z = design @ w
-        p = 1.0 / (1.0 + np.exp(-z))
+        p = sigmoid(z)
         gradient = design.T @ (p - t)
         hessian = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, gradient)

@@ -1,0 +1,150 @@
+"""The shipped model: identity, card reproducibility, clinical sanity, batch behaviour, explanations."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from inference import domain
+from inference import model as model_module
+from inference.model import DEFAULT_MODEL_DIR, HOLDOUT, MANIFEST, TOP_CONTRIBUTIONS, B12Model
+from inference.training.data import read_labelled_csv
+from inference.training.metrics import evaluate
+from shared.events.screening import FEATURE_ORDER, Finding, Label, RiskClass
+
+
+def _features(*panels) -> np.ndarray:
+    return np.array([p.as_features() for p in panels], dtype=np.float64)
+
+
+def test_shipped_model_loads_with_its_version_and_artifact_digest(shipped_model: B12Model) -> None:
+    manifest = json.loads((DEFAULT_MODEL_DIR / MANIFEST).read_text())
+    assert shipped_model.version == "b12-cbc-v1" == shipped_model.identity.version
+    assert shipped_model.identity.artifacts_sha256 == manifest["artifacts_sha256"]
+    assert len(shipped_model.identity.artifacts_sha256) == 64
+
+
+def test_shipped_directory_stays_small() -> None:
+    assert sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()) < 5 * 1024 * 1024
+
+
+def test_loaded_shipped_model_reproduces_the_card_metrics_on_its_held_out_file(shipped_model: B12Model) -> None:
+    card = shipped_model.card_metrics()
+    holdout = read_labelled_csv(DEFAULT_MODEL_DIR / HOLDOUT)
+    p1, p2 = shipped_model.predict_proba(holdout.features)
+    # the bootstrap is the slow part: recompute it with the card's own settings on the headline target only
+    recomputed = evaluate(p1, p2, holdout.b12_pg_ml, shipped_model.thresholds, resamples=0)
+    assert recomputed["rows"] == card["rows"] == len(holdout.b12_pg_ml)
+    for target in ("deficient", "abnormal", "deficient_given_abnormal"):
+        for metric in ("auroc", "auprc"):
+            assert recomputed[target][metric]["estimate"] == pytest.approx(card[target][metric]["estimate"], abs=1e-12)
+        assert recomputed[target]["brier"] == pytest.approx(card[target]["brier"], abs=1e-12)
+    for target in ("deficient", "abnormal"):
+        assert recomputed[target]["calibration"] == card[target]["calibration"]
+        assert recomputed[target]["at_intermediate"] == card[target]["at_intermediate"]
+    assert recomputed["deficient"]["at_high"] == card["deficient"]["at_high"]
+    assert recomputed["risk_classes"] == card["risk_classes"]
+    assert recomputed["labels"] == card["labels"]
+    with_ci = evaluate(p1, p2, holdout.b12_pg_ml, shipped_model.thresholds,
+                       resamples=card["bootstrap"]["resamples"], seed=card["bootstrap"]["seed"])
+    assert with_ci["deficient"]["auroc"]["ci95"] == pytest.approx(card["deficient"]["auroc"]["ci95"], abs=1e-12)
+
+
+def test_card_states_it_is_synthetic_and_sits_beside_published_figures(shipped_model: B12Model) -> None:
+    card = shipped_model.card()
+    assert card["status"].startswith("Synthetic, not clinically validated; retrain on your lab's data with "
+                                     "`clinomic-model train")
+    anchors = " ".join(anchor["auroc"] for anchor in card["published_anchors"])
+    assert "0.54–0.61" in anchors and "0.599" in anchors and "0.88" in anchors and "0.90" in anchors
+    auroc = card["metrics"]["deficient"]["auroc"]["estimate"]
+    assert 0.6 <= auroc <= 0.85, "a CBC-only synthetic AUROC far above the published figures means the generator is too easy"
+    markdown = (DEFAULT_MODEL_DIR / "card.md").read_text()
+    assert "not clinically validated" in markdown and "Tamune" in markdown and "Demirci" in markdown
+
+
+def test_card_metrics_are_a_copy(shipped_model: B12Model) -> None:
+    shipped_model.card_metrics()["deficient"]["auroc"]["estimate"] = 1.0
+    assert shipped_model.card_metrics()["deficient"]["auroc"]["estimate"] < 1.0
+
+
+def test_classic_megaloblastic_panel_is_high_risk_and_far_above_a_healthy_one(shipped_model, make_panel) -> None:
+    megaloblastic = make_panel(hb=8.0, mcv=115.0, mchc=34.0, rdw=19.0, wbc=3.2, platelets=95.0,
+                               neutrophils_pct=50.0, lymphocytes_pct=42.0, age=62.0, sex="female")
+    healthy = make_panel(hb=13.5, mcv=90.0, rdw=12.8, wbc=6.5, platelets=260.0, age=62.0, sex="female")
+    sick, well = shipped_model.assess(_features(megaloblastic, healthy))
+    assert sick.risk_class is RiskClass.HIGH and sick.label is Label.DEFICIENT
+    assert sick.indices.pancytopenia
+    assert {"macrocytosis", "raised_rdw", "pancytopenia"} <= {f.code for f in sick.findings}
+    assert sick.probabilities.deficient > 0.8
+    assert sick.probabilities.deficient > 2 * well.probabilities.deficient
+    assert sick.probabilities.deficient - well.probabilities.deficient > 0.4
+    assert well.risk_class < RiskClass.HIGH and well.findings == []
+
+
+def test_every_assessment_is_coherent(shipped_model: B12Model) -> None:
+    holdout = read_labelled_csv(DEFAULT_MODEL_DIR / HOLDOUT)
+    for a in shipped_model.assess(holdout.features[:300]):
+        p = a.probabilities
+        assert math.isclose(p.normal + p.borderline + p.deficient, 1.0, abs_tol=1e-12)
+        assert a.risk_class == domain.risk_class(p.deficient, shipped_model.thresholds)
+        assert a.label == domain.label(p)
+        assert a.model == shipped_model.identity
+        assert a.recommendation.endswith(".")
+
+
+def test_batch_assessment_equals_row_by_row(shipped_model: B12Model) -> None:
+    x = read_labelled_csv(DEFAULT_MODEL_DIR / HOLDOUT).features[:40]
+    batch = shipped_model.assess(x)
+    single = [shipped_model.assess(x[i:i + 1])[0] for i in range(len(x))]
+    assert all(_close(a.model_dump(), b.model_dump()) for a, b in zip(batch, single, strict=True))
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def test_top_contributions_are_signed_shap_values_that_explain_the_calibrated_log_odds(shipped_model) -> None:
+    x = read_labelled_csv(DEFAULT_MODEL_DIR / HOLDOUT).features[:200]
+    p1, p2 = shipped_model.predict_proba(x)
+    score = np.log(p1 / (1 - p1)) + np.log(p2 / (1 - p2))
+    contributions = shipped_model.contributions(x)
+    # SHAP is additive: per-row sums differ from the calibrated log-odds by the same constant for every row
+    offset = score - contributions.sum(axis=1)
+    assert np.allclose(offset, offset[0], atol=1e-6)
+    for row, assessment in zip(x, shipped_model.assess(x[:20]), strict=False):
+        top = assessment.top_contributions
+        assert len(top) == TOP_CONTRIBUTIONS
+        magnitudes = [abs(c.contribution) for c in top]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+        assert all(c.value == row[FEATURE_ORDER.index(c.feature)] for c in top)
+
+
+def test_findings_never_shift_probabilities(shipped_model, make_panel, monkeypatch) -> None:
+    x = _features(make_panel(hb=9.5, mcv=70.0, mchc=30.0, rdw=18.0, wbc=7.0, platelets=420.0, age=35.0,
+                             sex="female"))
+    before = shipped_model.assess(x)[0]
+    monkeypatch.setattr(model_module.domain, "findings",
+                        lambda panel, indices: [Finding(code="macrocytosis", text="planted")])
+    after = shipped_model.assess(x)[0]
+    assert after.findings != before.findings
+    assert after.probabilities == before.probabilities and after.risk_class == before.risk_class
+    assert after.label == before.label
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 12)), np.zeros(13), np.full((1, 13), np.nan)])
+def test_malformed_feature_matrices_are_refused(shipped_model: B12Model, bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        shipped_model.assess(bad)
+
+
+def test_an_empty_batch_gives_no_assessments(shipped_model: B12Model) -> None:
+    assert shipped_model.assess(np.empty((0, len(FEATURE_ORDER)))) == []
