@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from inference.model import DEFAULT_MODEL_DIR, B12Model
@@ -15,15 +14,33 @@ from shared.events.screening import CompleteBloodCount
 
 #: Small and fast: enough rows for both stages to see both classes, few trees, few bootstrap resamples.
 TINY_ROWS = 2500
-TINY_CONFIG = TrainingConfig(version="b12-cbc-test", seed=11, iterations=60, learning_rate=0.1,
-                             early_stopping_rounds=30, bootstrap_resamples=20, plots=False)
+TINY_CONFIG = TrainingConfig(
+    version="b12-cbc-test",
+    seed=11,
+    iterations=60,
+    learning_rate=0.1,
+    early_stopping_rounds=30,
+    bootstrap_resamples=20,
+    plots=False,
+)
 
 PanelFactory = Callable[..., CompleteBloodCount]
 
 
-def build_panel(*, hb: float, mcv: float, rdw: float, wbc: float, platelets: float, age: float, sex: str,
-                mchc: float = 33.5, neutrophils_pct: float = 58.0, lymphocytes_pct: float = 32.0,
-                rbc: float | None = None) -> CompleteBloodCount:
+def build_panel(
+    *,
+    hb: float,
+    mcv: float,
+    rdw: float,
+    wbc: float,
+    platelets: float,
+    age: float,
+    sex: str,
+    mchc: float = 33.5,
+    neutrophils_pct: float = 58.0,
+    lymphocytes_pct: float = 32.0,
+    rbc: float | None = None,
+) -> CompleteBloodCount:
     """A panel whose HCT, RBC and MCH follow from Hb, MCV and MCHC, so it passes the Wintrobe checks."""
     if rbc is None:
         hct = round(hb * 100.0 / mchc, 1)
@@ -32,8 +49,19 @@ def build_panel(*, hb: float, mcv: float, rdw: float, wbc: float, platelets: flo
         hct = round(rbc * mcv / 10.0, 1)
         mchc = round(hb * 100.0 / hct, 1)
     return CompleteBloodCount(
-        hb=hb, rbc=rbc, hct=hct, mcv=mcv, mch=round(hb * 10.0 / rbc, 1), mchc=mchc, rdw=rdw, wbc=wbc,
-        platelets=platelets, neutrophils_pct=neutrophils_pct, lymphocytes_pct=lymphocytes_pct, age=age, sex=sex,
+        hb=hb,
+        rbc=rbc,
+        hct=hct,
+        mcv=mcv,
+        mch=round(hb * 10.0 / rbc, 1),
+        mchc=mchc,
+        rdw=rdw,
+        wbc=wbc,
+        platelets=platelets,
+        neutrophils_pct=neutrophils_pct,
+        lymphocytes_pct=lymphocytes_pct,
+        age=age,
+        sex=sex,
     )
 
 
@@ -64,4 +92,3 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_csv: Path) -> 
     out = tmp_path_factory.mktemp("model") / "b12-cbc-test"
     train(tiny_csv, out, TINY_CONFIG, progress=False)
     return out
-

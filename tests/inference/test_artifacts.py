@@ -39,7 +39,9 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name", [STAGE1_MODEL, STAGE2_MODEL, CALIBRATION, THRESHOLDS, "holdout.csv", "card.md"])
+@pytest.mark.parametrize(
+    "name", [STAGE1_MODEL, STAGE2_MODEL, CALIBRATION, THRESHOLDS, "holdout.csv", "card.md"]
+)
 def test_a_corrupted_artifact_is_refused(model_copy: Path, name: str) -> None:
     _flip_a_byte(model_copy / name)
     with pytest.raises(ModelArtifactError, match=name):
@@ -84,17 +86,24 @@ def _rewrite_json(key: str, change: Callable[[dict], None]) -> Callable[[Path], 
         data = json.loads((directory / key).read_text())
         change(data)
         (directory / key).write_text(json.dumps(data))
+
     return apply
 
 
-@pytest.mark.parametrize("tamper", [
-    _rewrite_json(THRESHOLDS, lambda d: d.update(intermediate=0.45)),  # could call a deficient label low risk
-    _rewrite_json(CALIBRATION, lambda d: d["stage1"].update(method="isotonic")),
-    _rewrite_json(CALIBRATION, lambda d: d["stage2"].update(slope=-1.0)),
-    _rewrite_json(FEATURES, lambda d: d["feature_order"].reverse()),
-    lambda directory: (directory / STAGE1_MODEL).write_bytes(b"not a catboost model"),
-    lambda directory: (directory / "card.json").write_text("{truncated"),
-], ids=["thresholds", "calibration-method", "calibration-slope", "feature-order", "cbm", "card-json"])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        _rewrite_json(
+            THRESHOLDS, lambda d: d.update(intermediate=0.45)
+        ),  # could call a deficient label low risk
+        _rewrite_json(CALIBRATION, lambda d: d["stage1"].update(method="isotonic")),
+        _rewrite_json(CALIBRATION, lambda d: d["stage2"].update(slope=-1.0)),
+        _rewrite_json(FEATURES, lambda d: d["feature_order"].reverse()),
+        lambda directory: (directory / STAGE1_MODEL).write_bytes(b"not a catboost model"),
+        lambda directory: (directory / "card.json").write_text("{truncated"),
+    ],
+    ids=["thresholds", "calibration-method", "calibration-slope", "feature-order", "cbm", "card-json"],
+)
 def test_consistently_rehashed_but_invalid_artifacts_are_refused(model_copy: Path, tamper) -> None:
     tamper(model_copy)
     write_manifest(model_copy, "b12-cbc-test")  # hashes match again, so the content checks must catch it

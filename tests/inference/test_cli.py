@@ -14,15 +14,43 @@ runner = CliRunner()
 
 def test_generate_train_verify_evaluate_and_benchmark(tmp_path: Path) -> None:
     csv = tmp_path / "cohort.csv"
-    result = runner.invoke(app, ["generate-cohort", "--out", str(csv), "--rows", "2500", "--seed", "3",
-                                 "--b12-unit", "pmol/L", "--no-latent"])
+    result = runner.invoke(
+        app,
+        [
+            "generate-cohort",
+            "--out",
+            str(csv),
+            "--rows",
+            "2500",
+            "--seed",
+            "3",
+            "--b12-unit",
+            "pmol/L",
+            "--no-latent",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "B12 < 200 pg/mL" in result.output
     assert json.loads(Path(str(csv) + ".json").read_text())["b12_unit"] == "pmol/L"
 
     out = tmp_path / "model"
-    result = runner.invoke(app, ["train", str(csv), "--out", str(out), "--version", "b12-cbc-cli", "--iterations",
-                                 "40", "--bootstrap", "10", "--no-plots", "--no-progress"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(csv),
+            "--out",
+            str(out),
+            "--version",
+            "b12-cbc-cli",
+            "--iterations",
+            "40",
+            "--bootstrap",
+            "10",
+            "--no-plots",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "held-out: AUROC" in result.output
     training = json.loads((out / "training.json").read_text())
@@ -33,8 +61,10 @@ def test_generate_train_verify_evaluate_and_benchmark(tmp_path: Path) -> None:
 
     result = runner.invoke(app, ["evaluate", str(out), str(out / "holdout.csv")])
     assert result.exit_code == 0
-    assert json.loads(result.output)["deficient"]["auroc"]["estimate"] == json.loads(
-        (out / "card.json").read_text())["metrics"]["deficient"]["auroc"]["estimate"]
+    assert (
+        json.loads(result.output)["deficient"]["auroc"]["estimate"]
+        == json.loads((out / "card.json").read_text())["metrics"]["deficient"]["auroc"]["estimate"]
+    )
 
     result = runner.invoke(app, ["benchmark", "--model", str(out), "--single", "20", "--batch", "200"])
     assert result.exit_code == 0, result.output

@@ -32,8 +32,10 @@ def test_same_seed_gives_the_same_cohort_and_another_seed_does_not() -> None:
     assert not np.array_equal(a["mcv"], c["mcv"])
 
 
-@pytest.mark.parametrize(("name", "override", "expected"), [("india-lab", None, 0.45), ("us-lab", None, 0.03),
-                                                            ("us-lab", 0.2, 0.2)])
+@pytest.mark.parametrize(
+    ("name", "override", "expected"),
+    [("india-lab", None, 0.45), ("us-lab", None, 0.03), ("us-lab", 0.2, 0.2)],
+)
 def test_deficiency_prevalence_is_configurable(name: str, override: float | None, expected: float) -> None:
     columns = generate_cohort(20_000, seed=1, pop=population(name, override))
     assert np.mean(columns["b12"] < 200) == pytest.approx(expected, abs=0.01)
@@ -77,6 +79,9 @@ def test_confounders_are_common_in_the_indian_profile() -> None:
     assert columns["iron_deficiency"][female].mean() == pytest.approx(0.32, abs=0.03)
     assert columns["thalassaemia_trait"].mean() == pytest.approx(0.04, abs=0.01)
     mentzer = columns["mcv"] / columns["rbc"]
-    pure_trait = (columns["thalassaemia_trait"] == 1) & (columns["iron_deficiency"] == 0) & (
-        columns["megaloblastic_severity"] == 0)
+    pure_trait = (
+        (columns["thalassaemia_trait"] == 1)
+        & (columns["iron_deficiency"] == 0)
+        & (columns["megaloblastic_severity"] == 0)
+    )
     assert np.mean(mentzer[pure_trait] < 13) > 0.85  # iron or B12 deficiency in a carrier raises it

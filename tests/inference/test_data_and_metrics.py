@@ -33,8 +33,13 @@ def test_b12_in_pmol_per_litre_is_converted_to_pg_per_ml() -> None:
 
 
 def test_training_rows_in_pmol_per_litre_get_the_labels_of_their_pg_per_ml_value(tmp_path: Path) -> None:
-    path = _csv(tmp_path, f"{HEALTHY},140,pmol/L", f"{HEALTHY},150,pmol/L", f"{HEALTHY},230,pmol/L",
-                f"{HEALTHY},189.7,pg/mL")
+    path = _csv(
+        tmp_path,
+        f"{HEALTHY},140,pmol/L",
+        f"{HEALTHY},150,pmol/L",
+        f"{HEALTHY},230,pmol/L",
+        f"{HEALTHY},189.7,pg/mL",
+    )
     data = read_labelled_csv(path)
     assert data.b12_pg_ml == pytest.approx([140 / 0.738, 150 / 0.738, 230 / 0.738, 189.7])
     assert data.deficient.tolist() == [True, False, False, True]  # 189.7, 203.3, 311.7, 189.7 pg/mL
@@ -84,8 +89,11 @@ def test_missing_cbc_columns_are_refused(tmp_path: Path) -> None:
         read_labelled_csv(path)
 
 
-scores = st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.7, 0.9, 1.0])),
-                  min_size=2, max_size=60).filter(lambda rows: 0 < sum(y for y, _ in rows) < len(rows))
+scores = st.lists(
+    st.tuples(st.booleans(), st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.7, 0.9, 1.0])),
+    min_size=2,
+    max_size=60,
+).filter(lambda rows: 0 < sum(y for y, _ in rows) < len(rows))
 
 
 @settings(max_examples=60, deadline=None)

@@ -44,8 +44,9 @@ def test_risk_class_never_contradicts_the_label(p1: float, p2: float, cut: RiskT
     if label is Label.NORMAL:
         assert risk <= RiskClass.INTERMEDIATE
     # the label is the most probable category
-    assert getattr(probabilities, label.value) == max(probabilities.normal, probabilities.borderline,
-                                                      probabilities.deficient)
+    assert getattr(probabilities, label.value) == max(
+        probabilities.normal, probabilities.borderline, probabilities.deficient
+    )
 
 
 @given(a=unit, b=unit, cut=thresholds)
@@ -67,8 +68,9 @@ def test_risk_class_boundaries_are_inclusive() -> None:
     assert domain.risk_class(0.6, cut) is RiskClass.HIGH
 
 
-@pytest.mark.parametrize(("intermediate", "high"), [(0.4, 0.6), (0.2, 0.45), (0.0, 0.6), (0.3, 1.2),
-                                                    (float("nan"), 0.6)])
+@pytest.mark.parametrize(
+    ("intermediate", "high"), [(0.4, 0.6), (0.2, 0.45), (0.0, 0.6), (0.3, 1.2), (float("nan"), 0.6)]
+)
 def test_thresholds_that_could_contradict_the_label_are_refused(intermediate: float, high: float) -> None:
     with pytest.raises(ValueError):
         RiskThresholds(intermediate=intermediate, high=high)
@@ -87,8 +89,17 @@ def test_ties_go_to_the_more_severe_label() -> None:
 
 
 def test_derived_indices_follow_their_formulae(make_panel) -> None:
-    cbc = make_panel(hb=12.0, mcv=90.0, rdw=14.0, wbc=6.0, platelets=250.0, age=40.0, sex="female",
-                     neutrophils_pct=60.0, lymphocytes_pct=30.0)
+    cbc = make_panel(
+        hb=12.0,
+        mcv=90.0,
+        rdw=14.0,
+        wbc=6.0,
+        platelets=250.0,
+        age=40.0,
+        sex="female",
+        neutrophils_pct=60.0,
+        lymphocytes_pct=30.0,
+    )
     panel = domain.panel_from_features(cbc.as_features())
     indices = domain.derived_indices(panel)
     assert indices.mentzer == pytest.approx(cbc.mcv / cbc.rbc)
@@ -98,8 +109,17 @@ def test_derived_indices_follow_their_formulae(make_panel) -> None:
 
 
 def test_nlr_is_none_without_lymphocytes(make_panel) -> None:
-    cbc = make_panel(hb=14.0, mcv=90.0, rdw=13.0, wbc=6.0, platelets=250.0, age=40.0, sex="male",
-                     neutrophils_pct=70.0, lymphocytes_pct=0.0)
+    cbc = make_panel(
+        hb=14.0,
+        mcv=90.0,
+        rdw=13.0,
+        wbc=6.0,
+        platelets=250.0,
+        age=40.0,
+        sex="male",
+        neutrophils_pct=70.0,
+        lymphocytes_pct=0.0,
+    )
     assert domain.derived_indices(domain.panel_from_features(cbc.as_features())).nlr is None
 
 
@@ -117,7 +137,9 @@ def _codes(cbc) -> list[str]:
 
 
 def test_healthy_panel_has_no_findings(make_panel) -> None:
-    assert _codes(make_panel(hb=14.5, mcv=90.0, rdw=12.8, wbc=6.5, platelets=250.0, age=40.0, sex="male")) == []
+    assert (
+        _codes(make_panel(hb=14.5, mcv=90.0, rdw=12.8, wbc=6.5, platelets=250.0, age=40.0, sex="male")) == []
+    )
 
 
 def test_megaloblastic_panel_shows_macrocytosis_raised_rdw_and_pancytopenia(make_panel) -> None:
@@ -150,8 +172,10 @@ def test_normocytic_anaemia_with_very_wide_rdw_is_flagged_as_possibly_dimorphic(
     assert "dimorphic_pattern" in _codes(cbc)
 
 
-@pytest.mark.parametrize(("risk", "opening"), [(RiskClass.HIGH, "High risk"), (RiskClass.INTERMEDIATE, "Intermediate"),
-                                               (RiskClass.LOW, "Low risk")])
+@pytest.mark.parametrize(
+    ("risk", "opening"),
+    [(RiskClass.HIGH, "High risk"), (RiskClass.INTERMEDIATE, "Intermediate"), (RiskClass.LOW, "Low risk")],
+)
 def test_recommendation_follows_the_risk_class(risk: RiskClass, opening: str) -> None:
     text = domain.recommendation(risk, [])
     assert text.startswith(opening) and text.endswith(".")

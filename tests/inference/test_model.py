@@ -11,6 +11,7 @@ import pytest
 from inference import domain
 from inference import model as model_module
 from inference.model import DEFAULT_MODEL_DIR, HOLDOUT, MANIFEST, TOP_CONTRIBUTIONS, B12Model
+from inference.training.card import render_markdown
 from inference.training.data import read_labelled_csv
 from inference.training.metrics import evaluate
 from shared.events.screening import FEATURE_ORDER, Finding, Label, RiskClass
@@ -31,38 +32,45 @@ def test_shipped_directory_stays_small() -> None:
     assert sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()) < 5 * 1024 * 1024
 
 
-def test_loaded_shipped_model_reproduces_the_card_metrics_on_its_held_out_file(shipped_model: B12Model) -> None:
+def test_loaded_shipped_model_reproduces_the_card_metrics_on_its_held_out_file(
+    shipped_model: B12Model,
+) -> None:
     card = shipped_model.card_metrics()
     holdout = read_labelled_csv(DEFAULT_MODEL_DIR / HOLDOUT)
     p1, p2 = shipped_model.predict_proba(holdout.features)
-    # the bootstrap is the slow part: recompute it with the card's own settings on the headline target only
-    recomputed = evaluate(p1, p2, holdout.b12_pg_ml, shipped_model.thresholds, resamples=0)
+    recomputed = evaluate(
+        p1,
+        p2,
+        holdout.b12_pg_ml,
+        shipped_model.thresholds,
+        resamples=card["bootstrap"]["resamples"],
+        seed=card["bootstrap"]["seed"],
+    )
     assert recomputed["rows"] == card["rows"] == len(holdout.b12_pg_ml)
-    for target in ("deficient", "abnormal", "deficient_given_abnormal"):
-        for metric in ("auroc", "auprc"):
-            assert recomputed[target][metric]["estimate"] == pytest.approx(card[target][metric]["estimate"], abs=1e-12)
-        assert recomputed[target]["brier"] == pytest.approx(card[target]["brier"], abs=1e-12)
-    for target in ("deficient", "abnormal"):
-        assert recomputed[target]["calibration"] == card[target]["calibration"]
-        assert recomputed[target]["at_intermediate"] == card[target]["at_intermediate"]
-    assert recomputed["deficient"]["at_high"] == card["deficient"]["at_high"]
-    assert recomputed["risk_classes"] == card["risk_classes"]
-    assert recomputed["labels"] == card["labels"]
-    with_ci = evaluate(p1, p2, holdout.b12_pg_ml, shipped_model.thresholds,
-                       resamples=card["bootstrap"]["resamples"], seed=card["bootstrap"]["seed"])
-    assert with_ci["deficient"]["auroc"]["ci95"] == pytest.approx(card["deficient"]["auroc"]["ci95"], abs=1e-12)
+    assert recomputed["deficient"]["auroc"]["estimate"] == pytest.approx(
+        card["deficient"]["auroc"]["estimate"], abs=1e-12
+    )
+    assert _close(recomputed, card)  # every figure, bootstrap intervals and calibration tables included
 
 
 def test_card_states_it_is_synthetic_and_sits_beside_published_figures(shipped_model: B12Model) -> None:
     card = shipped_model.card()
-    assert card["status"].startswith("Synthetic, not clinically validated; retrain on your lab's data with "
-                                     "`clinomic-model train")
+    assert card["status"].startswith(
+        "Synthetic, not clinically validated; retrain on your lab's data with `clinomic-model train"
+    )
     anchors = " ".join(anchor["auroc"] for anchor in card["published_anchors"])
     assert "0.54–0.61" in anchors and "0.599" in anchors and "0.88" in anchors and "0.90" in anchors
     auroc = card["metrics"]["deficient"]["auroc"]["estimate"]
-    assert 0.6 <= auroc <= 0.85, "a CBC-only synthetic AUROC far above the published figures means the generator is too easy"
+    assert 0.6 <= auroc <= 0.85, (
+        "a CBC-only synthetic AUROC far above the published figures means the generator is too easy"
+    )
     markdown = (DEFAULT_MODEL_DIR / "card.md").read_text()
     assert "not clinically validated" in markdown and "Tamune" in markdown and "Demirci" in markdown
+
+
+def test_shipped_markdown_card_is_the_rendering_of_its_json_card(shipped_model: B12Model) -> None:
+    rendered = render_markdown(shipped_model.card(), plots=True)
+    assert (DEFAULT_MODEL_DIR / "card.md").read_text(encoding="utf-8") == rendered
 
 
 def test_card_metrics_are_a_copy(shipped_model: B12Model) -> None:
@@ -70,9 +78,21 @@ def test_card_metrics_are_a_copy(shipped_model: B12Model) -> None:
     assert shipped_model.card_metrics()["deficient"]["auroc"]["estimate"] < 1.0
 
 
-def test_classic_megaloblastic_panel_is_high_risk_and_far_above_a_healthy_one(shipped_model, make_panel) -> None:
-    megaloblastic = make_panel(hb=8.0, mcv=115.0, mchc=34.0, rdw=19.0, wbc=3.2, platelets=95.0,
-                               neutrophils_pct=50.0, lymphocytes_pct=42.0, age=62.0, sex="female")
+def test_classic_megaloblastic_panel_is_high_risk_and_far_above_a_healthy_one(
+    shipped_model, make_panel
+) -> None:
+    megaloblastic = make_panel(
+        hb=8.0,
+        mcv=115.0,
+        mchc=34.0,
+        rdw=19.0,
+        wbc=3.2,
+        platelets=95.0,
+        neutrophils_pct=50.0,
+        lymphocytes_pct=42.0,
+        age=62.0,
+        sex="female",
+    )
     healthy = make_panel(hb=13.5, mcv=90.0, rdw=12.8, wbc=6.5, platelets=260.0, age=62.0, sex="female")
     sick, well = shipped_model.assess(_features(megaloblastic, healthy))
     assert sick.risk_class is RiskClass.HIGH and sick.label is Label.DEFICIENT
@@ -98,7 +118,7 @@ def test_every_assessment_is_coherent(shipped_model: B12Model) -> None:
 def test_batch_assessment_equals_row_by_row(shipped_model: B12Model) -> None:
     x = read_labelled_csv(DEFAULT_MODEL_DIR / HOLDOUT).features[:40]
     batch = shipped_model.assess(x)
-    single = [shipped_model.assess(x[i:i + 1])[0] for i in range(len(x))]
+    single = [shipped_model.assess(x[i : i + 1])[0] for i in range(len(x))]
     assert all(_close(a.model_dump(), b.model_dump()) for a, b in zip(batch, single, strict=True))
 
 
@@ -129,21 +149,48 @@ def test_top_contributions_are_signed_shap_values_that_explain_the_calibrated_lo
 
 
 def test_findings_never_shift_probabilities(shipped_model, make_panel, monkeypatch) -> None:
-    x = _features(make_panel(hb=9.5, mcv=70.0, mchc=30.0, rdw=18.0, wbc=7.0, platelets=420.0, age=35.0,
-                             sex="female"))
+    x = _features(
+        make_panel(hb=9.5, mcv=70.0, mchc=30.0, rdw=18.0, wbc=7.0, platelets=420.0, age=35.0, sex="female")
+    )
     before = shipped_model.assess(x)[0]
-    monkeypatch.setattr(model_module.domain, "findings",
-                        lambda panel, indices: [Finding(code="macrocytosis", text="planted")])
+    monkeypatch.setattr(
+        model_module.domain, "findings", lambda panel, indices: [Finding(code="macrocytosis", text="planted")]
+    )
     after = shipped_model.assess(x)[0]
     assert after.findings != before.findings
     assert after.probabilities == before.probabilities and after.risk_class == before.risk_class
     assert after.label == before.label
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 12)), np.zeros(13), np.full((1, 13), np.nan)])
+def _healthy_row() -> np.ndarray:
+    return np.array([[14.5, 4.81, 43.3, 90.0, 30.1, 33.5, 12.8, 6.5, 250.0, 58.0, 32.0, 40.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("hb", 0.0), ("rbc", 0.0), ("age", 12.0), ("sex_male", 0.5), ("mcv", float("nan"))],
+)
+def test_feature_values_the_contract_would_refuse_are_refused(
+    shipped_model, column: str, value: float
+) -> None:
+    x = _healthy_row()
+    assert len(shipped_model.assess(x)) == 1
+    x[0, FEATURE_ORDER.index(column)] = value
+    with pytest.raises(ValueError, match=column if column != "mcv" else "finite"):
+        shipped_model.assess(x)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 12)), np.zeros(13)])
 def test_malformed_feature_matrices_are_refused(shipped_model: B12Model, bad: np.ndarray) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shape"):
         shipped_model.assess(bad)
+
+
+def test_assess_leaves_the_callers_array_untouched_and_writeable(shipped_model: B12Model) -> None:
+    x = _healthy_row()
+    before = x.copy()
+    shipped_model.assess(x)
+    assert x.flags.writeable and np.array_equal(x, before)
 
 
 def test_an_empty_batch_gives_no_assessments(shipped_model: B12Model) -> None:

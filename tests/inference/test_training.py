@@ -15,21 +15,25 @@ from inference.training.metrics import evaluate
 from inference.training.pipeline import TrainingConfig, TrainingError, choose_thresholds, fit_platt, train
 
 
-def test_retraining_with_the_same_seed_gives_identical_models(tmp_path: Path, tiny_csv: Path, tiny_model_dir: Path,
-                                                              tiny_config: TrainingConfig) -> None:
+def test_retraining_with_the_same_seed_gives_identical_models(
+    tmp_path: Path, tiny_csv: Path, tiny_model_dir: Path, tiny_config: TrainingConfig
+) -> None:
     again = tmp_path / "again"
     train(tiny_csv, again, tiny_config, progress=False)
     for name in (STAGE1_MODEL, STAGE2_MODEL):
         assert (again / name).read_bytes() == (tiny_model_dir / name).read_bytes()
     first, second = B12Model.load(tiny_model_dir), B12Model.load(again)
     x = read_labelled_csv(again / HOLDOUT).features
-    assert all(np.array_equal(a, b) for a, b in zip(first.predict_proba(x), second.predict_proba(x), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(first.predict_proba(x), second.predict_proba(x), strict=True)
+    )
     assert first.card_metrics() == second.card_metrics()
     assert first.identity == second.identity  # every artifact, plots and card included, is byte-identical
 
 
-def test_another_seed_gives_another_model(tmp_path: Path, tiny_csv: Path, tiny_model_dir: Path,
-                                          tiny_config: TrainingConfig) -> None:
+def test_another_seed_gives_another_model(
+    tmp_path: Path, tiny_csv: Path, tiny_model_dir: Path, tiny_config: TrainingConfig
+) -> None:
     other = tmp_path / "other"
     train(tiny_csv, other, replace(tiny_config, seed=12), progress=False)
     assert (other / STAGE1_MODEL).read_bytes() != (tiny_model_dir / STAGE1_MODEL).read_bytes()
@@ -51,8 +55,14 @@ def test_a_trained_directory_reproduces_its_own_card(tiny_model_dir: Path) -> No
     card = model.card_metrics()
     holdout = read_labelled_csv(tiny_model_dir / HOLDOUT)
     p1, p2 = model.predict_proba(holdout.features)
-    recomputed = evaluate(p1, p2, holdout.b12_pg_ml, model.thresholds,
-                          resamples=card["bootstrap"]["resamples"], seed=card["bootstrap"]["seed"])
+    recomputed = evaluate(
+        p1,
+        p2,
+        holdout.b12_pg_ml,
+        model.thresholds,
+        resamples=card["bootstrap"]["resamples"],
+        seed=card["bootstrap"]["seed"],
+    )
     assert recomputed == card
 
 
@@ -98,8 +108,9 @@ def test_platt_calibration_without_signal_falls_back_to_the_base_rate() -> None:
     assert calibration(np.array([-3.0, 3.0])) == pytest.approx([y.mean(), y.mean()], abs=1e-3)
 
 
-def test_training_refuses_to_overwrite_a_model_without_force(tiny_csv: Path, tiny_model_dir: Path,
-                                                             tiny_config: TrainingConfig) -> None:
+def test_training_refuses_to_overwrite_a_model_without_force(
+    tiny_csv: Path, tiny_model_dir: Path, tiny_config: TrainingConfig
+) -> None:
     with pytest.raises(TrainingError, match="--force"):
         train(tiny_csv, tiny_model_dir, tiny_config, progress=False)
 
@@ -107,7 +118,9 @@ def test_training_refuses_to_overwrite_a_model_without_force(tiny_csv: Path, tin
 def test_training_needs_both_classes_in_each_stage(tmp_path: Path, tiny_config: TrainingConfig) -> None:
     path = tmp_path / "all-normal.csv"
     row = "14.5,4.81,43.3,90,30.1,33.5,12.8,6.5,250,58,32,40,male,450,pg/mL\n"
-    path.write_text("hb,rbc,hct,mcv,mch,mchc,rdw,wbc,platelets,neutrophils_pct,lymphocytes_pct,age,sex,b12,"
-                    "b12_unit\n" + row * 600)
+    path.write_text(
+        "hb,rbc,hct,mcv,mch,mchc,rdw,wbc,platelets,neutrophils_pct,lymphocytes_pct,age,sex,b12,"
+        "b12_unit\n" + row * 600
+    )
     with pytest.raises(TrainingError, match="both classes"):
         train(path, tmp_path / "model", tiny_config, progress=False)

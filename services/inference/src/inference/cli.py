@@ -5,83 +5,137 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
 
-app = typer.Typer(help="Clinomic B12 model: cohort generation, training, verification, benchmark.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Clinomic B12 model: cohort generation, training, verification, benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_SEED = 20240617
 
 
 @app.command("generate-cohort")
 def generate_cohort_command(
-    out: Path = typer.Option(..., "--out", help="CSV file to write"),
-    rows: int = typer.Option(50_000, min=1, help="number of adults"),
-    seed: int = typer.Option(20240617, help="random seed: the same seed gives the same cohort"),
-    population: str = typer.Option("india-lab", help="india-lab or us-lab (prevalences of B12 deficiency and "
-                                                     "confounders)"),
-    prevalence: float | None = typer.Option(None, min=0.001, max=0.999,
-                                            help="fraction with serum B12 < 200 pg/mL (overrides the population's)"),
-    b12_unit: str = typer.Option("pg/mL", help="unit of the b12 column: pg/mL or pmol/L"),
-    latent: bool = typer.Option(True, help="also write the generator's latent truth (ignored by train)"),
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write (and <out>.json describing it)")],
+    rows: Annotated[int, typer.Option(min=1, help="number of adults")] = 50_000,
+    seed: Annotated[
+        int, typer.Option(help="random seed: the same seed gives the same cohort")
+    ] = DEFAULT_SEED,
+    population: Annotated[
+        str, typer.Option(help="india-lab or us-lab: prevalences of B12 deficiency and of confounders")
+    ] = "india-lab",
+    prevalence: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, max=0.999, help="fraction with serum B12 < 200 pg/mL (overrides the population's)"
+        ),
+    ] = None,
+    b12_unit: Annotated[str, typer.Option(help="unit of the b12 column: pg/mL or pmol/L")] = "pg/mL",
+    latent: Annotated[
+        bool, typer.Option(help="also write the generator's latent truth (train ignores it)")
+    ] = True,
 ) -> None:
     """Write a seeded synthetic cohort of adult CBCs with serum B12 (see docs/model.md for its sources)."""
     from dataclasses import asdict
 
     from inference.model import sha256_file
-    from inference.training.cohort import generate_cohort, population as make_population, write_cohort_csv
+    from inference.training.cohort import generate_cohort, write_cohort_csv
+    from inference.training.cohort import population as make_population
 
-    pop = make_population(population, prevalence)
-    columns = generate_cohort(rows, seed, pop)
-    write_cohort_csv(columns, out, b12_unit=b12_unit, latent=latent)
-    sidecar = {"generator": "inference.training.cohort.generate_cohort", "rows": rows, "seed": seed,
-               "population": asdict(pop), "b12_unit": b12_unit, "csv_sha256": sha256_file(out)}
-    Path(str(out) + ".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    try:
+        pop = make_population(population, prevalence)
+        columns = generate_cohort(rows, seed, pop)
+        write_cohort_csv(columns, out, b12_unit=b12_unit, latent=latent)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    sidecar = {
+        "generator": "inference.training.cohort.generate_cohort",
+        "rows": rows,
+        "seed": seed,
+        "population": asdict(pop),
+        "b12_unit": b12_unit,
+        "csv_sha256": sha256_file(out),
+    }
+    Path(str(out) + ".json").write_text(
+        json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     deficient = float(np.mean(columns["b12"] < 200))
     marginal = float(np.mean((columns["b12"] >= 200) & (columns["b12"] < 300)))
-    typer.echo(f"wrote {rows} rows to {out} ({pop.name}, seed {seed}): "
-               f"{deficient:.1%} B12 < 200 pg/mL, {marginal:.1%} 200–299 pg/mL")
+    typer.echo(
+        f"wrote {rows} rows to {out} ({pop.name}, seed {seed}): "
+        f"{deficient:.1%} B12 < 200 pg/mL, {marginal:.1%} 200–299 pg/mL"
+    )
 
 
 @app.command("train")
 def train_command(
-    csv_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="labelled CSV (CBC + b12 + b12_unit)"),
-    out: Path = typer.Option(..., "--out", help="model directory to write, e.g. models/b12-cbc-v2"),
-    version: str = typer.Option("b12-cbc-v1", help="model version recorded in the manifest and every result"),
-    seed: int = typer.Option(20240617, help="seed for splits, CatBoost and bootstrap"),
-    iterations: int = typer.Option(1500, min=10, help="maximum boosting iterations per stage (early stopping)"),
-    learning_rate: float = typer.Option(0.04, min=0.001, max=1.0),
-    depth: int = typer.Option(4, min=1, max=10),
-    threads: int = typer.Option(1, min=1, help="CatBoost threads (1 gives byte-identical models for a seed)"),
-    target_sensitivity: float = typer.Option(0.90, help="sensitivity for B12 < 200 at risk class ≥ 2"),
-    high_specificity: float = typer.Option(0.95, help="specificity for B12 < 200 at risk class 3"),
-    bootstrap: int = typer.Option(1000, min=0, help="bootstrap resamples for the card's 95 % intervals"),
-    b12_unit: str | None = typer.Option(None, help="B12 unit when the CSV has no b12_unit column"),
-    plots: bool = typer.Option(True, help="write ROC, PR and calibration PNGs"),
-    force: bool = typer.Option(False, help="replace an existing, non-empty model directory"),
-    progress: bool = typer.Option(True, help="show progress bars"),
+    csv_path: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="labelled CSV: CBC columns, sex, b12, b12_unit"),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="model directory to write, e.g. models/b12-cbc-v2")],
+    version: Annotated[
+        str, typer.Option(help="version recorded in the manifest and every result")
+    ] = "b12-cbc-v1",
+    seed: Annotated[int, typer.Option(help="seed for splits, CatBoost and bootstrap")] = DEFAULT_SEED,
+    iterations: Annotated[int, typer.Option(min=10, help="maximum boosting iterations per stage")] = 1500,
+    learning_rate: Annotated[float, typer.Option(min=0.001, max=1.0)] = 0.04,
+    depth: Annotated[int, typer.Option(min=1, max=10)] = 4,
+    threads: Annotated[int, typer.Option(min=1, help="CatBoost threads")] = 1,
+    target_sensitivity: Annotated[
+        float, typer.Option(help="sensitivity for B12 < 200 at risk class ≥ 2")
+    ] = 0.90,
+    high_specificity: Annotated[float, typer.Option(help="specificity for B12 < 200 at risk class 3")] = 0.95,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for the card's 95 % CIs")] = 1000,
+    b12_unit: Annotated[str | None, typer.Option(help="B12 unit when the CSV has no b12_unit column")] = None,
+    plots: Annotated[bool, typer.Option(help="write ROC, PR and calibration PNGs")] = True,
+    force: Annotated[bool, typer.Option(help="replace an existing, non-empty model directory")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Train the two stages, calibrate, choose thresholds and write a versioned, hashed model directory."""
+    """Train both stages, calibrate, choose thresholds and write a versioned, hashed model directory."""
     from inference.training.pipeline import TrainingConfig, TrainingError, train
 
     try:
-        config = TrainingConfig(version=version, seed=seed, iterations=iterations, learning_rate=learning_rate,
-                                depth=depth, thread_count=threads, target_sensitivity=target_sensitivity,
-                                high_specificity=high_specificity, bootstrap_resamples=bootstrap, plots=plots)
+        config = TrainingConfig(
+            version=version,
+            seed=seed,
+            iterations=iterations,
+            learning_rate=learning_rate,
+            depth=depth,
+            thread_count=threads,
+            target_sensitivity=target_sensitivity,
+            high_specificity=high_specificity,
+            bootstrap_resamples=bootstrap,
+            plots=plots,
+        )
         result = train(csv_path, out, config, force=force, progress=progress, default_b12_unit=b12_unit)
     except (TrainingError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     d, a = result.metrics["deficient"], result.metrics["abnormal"]
-    typer.echo(f"wrote {out} ({result.identity.version}, artifacts sha256 {result.identity.artifacts_sha256}) "
-               f"in {result.seconds:.1f} s")
-    typer.echo(f"held-out: AUROC B12<200 {d['auroc']['estimate']:.3f} {d['auroc']['ci95']}, "
-               f"B12<300 {a['auroc']['estimate']:.3f} {a['auroc']['ci95']}; sensitivity at class ≥ 2 "
-               f"{d['at_intermediate']['sensitivity']:.3f}, specificity {d['at_intermediate']['specificity']:.3f}")
+    typer.echo(
+        f"wrote {out} ({result.identity.version}, artifacts sha256 {result.identity.artifacts_sha256}) "
+        f"in {result.seconds:.1f} s"
+    )
+    typer.echo(
+        f"held-out: AUROC B12<200 {_ci(d['auroc'])}, B12<300 {_ci(a['auroc'])}; class ≥ 2 sensitivity "
+        f"{d['at_intermediate']['sensitivity']:.3f}, specificity {d['at_intermediate']['specificity']:.3f}"
+    )
+
+
+def _ci(entry: dict) -> str:
+    ci = entry.get("ci95")
+    return f"{entry['estimate']:.3f}" + (f" (95 % CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
 
 
 @app.command("verify")
-def verify_command(model: Path = typer.Argument(..., help="model directory")) -> None:
+def verify_command(model: Annotated[Path, typer.Argument(help="model directory")]) -> None:
     """Check every artifact against the manifest and load the model."""
     from inference.model import B12Model, ModelArtifactError
 
@@ -95,10 +149,10 @@ def verify_command(model: Path = typer.Argument(..., help="model directory")) ->
 
 @app.command("evaluate")
 def evaluate_command(
-    model: Path = typer.Argument(..., help="model directory"),
-    csv_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="labelled CSV"),
-    bootstrap: int = typer.Option(0, min=0, help="bootstrap resamples for 95 % intervals (0: none)"),
-    seed: int = typer.Option(0),
+    model: Annotated[Path, typer.Argument(help="model directory")],
+    csv_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="labelled CSV")],
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for 95 % CIs (0: none)")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Measure a model on a labelled CSV (e.g. your lab's data) and print the metrics as JSON."""
     from inference.model import B12Model
@@ -109,16 +163,16 @@ def evaluate_command(
     data = read_labelled_csv(csv_path)
     p1, p2 = loaded.predict_proba(data.features)
     metrics = evaluate(p1, p2, data.b12_pg_ml, loaded.thresholds, resamples=bootstrap, seed=seed)
-    typer.echo(json.dumps(metrics, indent=2))
+    typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
 
 
 @app.command("benchmark")
 def benchmark_command(
-    model: Path | None = typer.Option(None, help="model directory (default: the shipped model)"),
-    single: int = typer.Option(500, min=10, help="single-row calls to time"),
-    batch: int = typer.Option(10_000, min=1, help="rows in the batch call"),
-    threads: int = typer.Option(1, min=1, help="CatBoost threads used for prediction"),
-    seed: int = typer.Option(7),
+    model: Annotated[Path | None, typer.Option(help="model directory (default: the shipped model)")] = None,
+    single: Annotated[int, typer.Option(min=10, help="single-row calls to time")] = 500,
+    batch: Annotated[int, typer.Option(min=1, help="rows in the batch call")] = 10_000,
+    threads: Annotated[int, typer.Option(min=1, help="CatBoost threads used for prediction")] = 1,
+    seed: Annotated[int, typer.Option()] = 7,
 ) -> None:
     """Single-row latency (p50/p99) and batch throughput of ``B12Model.assess``, SHAP included."""
     from inference.model import DEFAULT_MODEL_DIR, B12Model
@@ -127,8 +181,14 @@ def benchmark_command(
 
     loaded = B12Model.load(model or DEFAULT_MODEL_DIR, thread_count=threads)
     columns = generate_cohort(max(batch, single), seed)
-    x = np.column_stack([(columns["sex"] == "male").astype(np.float64) if name == "sex_male"
-                         else columns[name].astype(np.float64) for name in FEATURE_ORDER])
+    x = np.column_stack(
+        [
+            (columns["sex"] == "male").astype(np.float64)
+            if name == "sex_male"
+            else columns[name].astype(np.float64)
+            for name in FEATURE_ORDER
+        ]
+    )
     for row in x[:20]:  # warm up
         loaded.assess(row[None, :])
     timings = []
@@ -141,8 +201,10 @@ def benchmark_command(
     loaded.assess(x[:batch])
     elapsed = time.perf_counter() - started
     typer.echo(f"model {loaded.version} ({threads} thread{'s' if threads > 1 else ''})")
-    typer.echo(f"single row: p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms "
-               f"over {single} calls")
+    typer.echo(
+        f"single row: p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms "
+        f"over {single} calls"
+    )
     typer.echo(f"batch of {batch}: {elapsed:.2f} s, {batch / elapsed:,.0f} rows/s")
 
 

@@ -81,8 +81,9 @@ class RiskThresholds:
             raise ValueError(f"high threshold {self.high} must be in [{MIN_HIGH_THRESHOLD}, 1]")
 
 
-def combine_arrays(p_abnormal: np.ndarray, p_deficient_given_abnormal: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def combine_arrays(
+    p_abnormal: np.ndarray, p_deficient_given_abnormal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(P(normal), P(borderline), P(deficient)) from the two stages, element-wise; each row sums to 1."""
     p1 = np.asarray(p_abnormal, dtype=np.float64)
     p2 = np.asarray(p_deficient_given_abnormal, dtype=np.float64)
@@ -97,8 +98,12 @@ def combine_arrays(p_abnormal: np.ndarray, p_deficient_given_abnormal: np.ndarra
 
 
 def combine(p_abnormal: float, p_deficient_given_abnormal: float) -> Probabilities:
-    normal, borderline, deficient = combine_arrays(np.array([p_abnormal]), np.array([p_deficient_given_abnormal]))
-    return Probabilities(normal=float(normal[0]), borderline=float(borderline[0]), deficient=float(deficient[0]))
+    normal, borderline, deficient = combine_arrays(
+        np.array([p_abnormal]), np.array([p_deficient_given_abnormal])
+    )
+    return Probabilities(
+        normal=float(normal[0]), borderline=float(borderline[0]), deficient=float(deficient[0])
+    )
 
 
 def risk_classes(p_deficient: np.ndarray, thresholds: RiskThresholds) -> np.ndarray:
@@ -125,8 +130,11 @@ def labels(normal: np.ndarray, borderline: np.ndarray, deficient: np.ndarray) ->
 
 
 def label(probabilities: Probabilities) -> Label:
-    return labels(np.array([probabilities.normal]), np.array([probabilities.borderline]),
-                  np.array([probabilities.deficient]))[0]
+    return labels(
+        np.array([probabilities.normal]),
+        np.array([probabilities.borderline]),
+        np.array([probabilities.deficient]),
+    )[0]
 
 
 # -- indices and findings --------------------------------------------------------------------------------
@@ -143,8 +151,9 @@ def derived_indices(panel: Panel) -> DerivedIndices:
         mentzer=mcv / rbc,
         green_king=mcv * mcv * rdw / (100.0 * hb),
         nlr=panel["neutrophils_pct"] / lymphocytes if lymphocytes > 0 else None,
-        pancytopenia=bool(hb < hb_lower_limit(panel) and panel["wbc"] < WBC_LOWER
-                          and panel["platelets"] < PLATELETS_LOWER),
+        pancytopenia=bool(
+            hb < hb_lower_limit(panel) and panel["wbc"] < WBC_LOWER and panel["platelets"] < PLATELETS_LOWER
+        ),
     )
 
 
@@ -154,57 +163,87 @@ def findings(panel: Panel, indices: DerivedIndices) -> list[Finding]:
     anaemic = hb < hb_lower_limit(panel)
     out: list[Finding] = []
     if mcv > MACROCYTOSIS_MCV:
-        out.append(Finding(
-            code="macrocytosis",
-            text=(f"MCV {mcv:.1f} fL is above {MACROCYTOSIS_MCV:g} fL (macrocytosis): consistent with B12 or "
-                  "folate deficiency; alcohol, liver disease, hypothyroidism, drugs (e.g. methotrexate, "
-                  "hydroxyurea) and reticulocytosis also cause it."),
-        ))
+        out.append(
+            Finding(
+                code="macrocytosis",
+                text=(
+                    f"MCV {mcv:.1f} fL is above {MACROCYTOSIS_MCV:g} fL (macrocytosis): consistent with B12 or "
+                    "folate deficiency; alcohol, liver disease, hypothyroidism, drugs (e.g. methotrexate, "
+                    "hydroxyurea) and reticulocytosis also cause it."
+                ),
+            )
+        )
     if rdw > RDW_UPPER:
-        out.append(Finding(
-            code="raised_rdw",
-            text=(f"RDW {rdw:.1f} % is above {RDW_UPPER:g} % (anisocytosis): seen early in B12 or folate "
-                  "deficiency, and equally in iron deficiency."),
-        ))
+        out.append(
+            Finding(
+                code="raised_rdw",
+                text=(
+                    f"RDW {rdw:.1f} % is above {RDW_UPPER:g} % (anisocytosis): seen early in B12 or folate "
+                    "deficiency, and equally in iron deficiency."
+                ),
+            )
+        )
     if indices.pancytopenia:
-        out.append(Finding(
-            code="pancytopenia",
-            text=(f"Hb {hb:.1f} g/dL, WBC {panel['wbc']:.2f} ×10⁹/L and platelets {panel['platelets']:.0f} "
-                  "×10⁹/L are all below their reference limits (pancytopenia): severe megaloblastic "
-                  "anaemia is one cause; marrow failure, infiltration and hypersplenism are others."),
-        ))
+        out.append(
+            Finding(
+                code="pancytopenia",
+                text=(
+                    f"Hb {hb:.1f} g/dL, WBC {panel['wbc']:.2f} ×10⁹/L and platelets {panel['platelets']:.0f} "
+                    "×10⁹/L are all below their reference limits (pancytopenia): severe megaloblastic "
+                    "anaemia is one cause; marrow failure, infiltration and hypersplenism are others."
+                ),
+            )
+        )
     elif anaemic:
-        out.append(Finding(
-            code="anaemia",
-            text=f"Hb {hb:.1f} g/dL is below {hb_lower_limit(panel):g} g/dL (anaemia).",
-        ))
+        out.append(
+            Finding(
+                code="anaemia",
+                text=f"Hb {hb:.1f} g/dL is below {hb_lower_limit(panel):g} g/dL (anaemia).",
+            )
+        )
     if mcv < MICROCYTOSIS_MCV:
-        out.append(Finding(
-            code="microcytosis",
-            text=(f"MCV {mcv:.1f} fL is below {MICROCYTOSIS_MCV:g} fL (microcytosis): iron deficiency or "
-                  "thalassaemia trait can mask the macrocytosis of a coexisting B12 deficiency, so a normal "
-                  "or low MCV does not exclude it."),
-        ))
+        out.append(
+            Finding(
+                code="microcytosis",
+                text=(
+                    f"MCV {mcv:.1f} fL is below {MICROCYTOSIS_MCV:g} fL (microcytosis): iron deficiency or "
+                    "thalassaemia trait can mask the macrocytosis of a coexisting B12 deficiency, so a normal "
+                    "or low MCV does not exclude it."
+                ),
+            )
+        )
         if indices.mentzer >= MENTZER_CUTOFF:
-            out.append(Finding(
-                code="iron_deficiency_pattern",
-                text=(f"Mentzer index {indices.mentzer:.1f} (≥ {MENTZER_CUTOFF:g}) with microcytosis favours "
-                      "iron deficiency: check ferritin."),
-            ))
+            out.append(
+                Finding(
+                    code="iron_deficiency_pattern",
+                    text=(
+                        f"Mentzer index {indices.mentzer:.1f} (≥ {MENTZER_CUTOFF:g}) with microcytosis favours "
+                        "iron deficiency: check ferritin."
+                    ),
+                )
+            )
     if indices.mentzer < MENTZER_CUTOFF:
-        out.append(Finding(
-            code="thalassaemia_trait_pattern",
-            text=(f"Mentzer index {indices.mentzer:.1f} (< {MENTZER_CUTOFF:g}) favours thalassaemia trait "
-                  f"(Green–King index {indices.green_king:.1f}): small, numerous red cells can mask "
-                  "macrocytosis; consider haemoglobin electrophoresis."),
-        ))
+        out.append(
+            Finding(
+                code="thalassaemia_trait_pattern",
+                text=(
+                    f"Mentzer index {indices.mentzer:.1f} (< {MENTZER_CUTOFF:g}) favours thalassaemia trait "
+                    f"(Green–King index {indices.green_king:.1f}): small, numerous red cells can mask "
+                    "macrocytosis; consider haemoglobin electrophoresis."
+                ),
+            )
+        )
     if MICROCYTOSIS_MCV <= mcv <= MACROCYTOSIS_MCV and rdw > RDW_MARKED and anaemic:
-        out.append(Finding(
-            code="dimorphic_pattern",
-            text=(f"Normocytic anaemia with RDW {rdw:.1f} % (> {RDW_MARKED:g} %) can be a dimorphic picture: "
-                  "combined iron and B12 or folate deficiency averages out to a normal MCV; review the "
-                  "blood film."),
-        ))
+        out.append(
+            Finding(
+                code="dimorphic_pattern",
+                text=(
+                    f"Normocytic anaemia with RDW {rdw:.1f} % (> {RDW_MARKED:g} %) can be a dimorphic picture: "
+                    "combined iron and B12 or folate deficiency averages out to a normal MCV; review the "
+                    "blood film."
+                ),
+            )
+        )
     return out
 
 
@@ -215,18 +254,26 @@ def recommendation(risk: RiskClass, found: Sequence[Finding]) -> str:
     """One actionable sentence for the risk class, with a clause for findings that change what to do."""
     codes = {f.code for f in found}
     if risk is RiskClass.HIGH:
-        text = ("High risk of vitamin B12 deficiency: measure serum B12 and folate (add methylmalonic acid or "
-                "homocysteine if B12 is 200–300 pg/mL) and review the blood film before starting treatment")
+        text = (
+            "High risk of vitamin B12 deficiency: measure serum B12 and folate (add methylmalonic acid or "
+            "homocysteine if B12 is 200–300 pg/mL) and review the blood film before starting treatment"
+        )
     elif risk is RiskClass.INTERMEDIATE:
-        text = ("Intermediate risk: the CBC cannot exclude B12 deficiency, so measure serum B12, particularly "
-                "with neuropathy, cognitive change, metformin or acid-suppressant use, a vegetarian diet, "
-                "age over 60 or malabsorption")
+        text = (
+            "Intermediate risk: the CBC cannot exclude B12 deficiency, so measure serum B12, particularly "
+            "with neuropathy, cognitive change, metformin or acid-suppressant use, a vegetarian diet, "
+            "age over 60 or malabsorption"
+        )
     else:
-        text = ("Low risk from the CBC: it gives no reason on its own to measure B12, but a normal CBC does not "
-                "exclude deficiency, so test if symptoms or risk factors are present")
+        text = (
+            "Low risk from the CBC: it gives no reason on its own to measure B12, but a normal CBC does not "
+            "exclude deficiency, so test if symptoms or risk factors are present"
+        )
     if "pancytopenia" in codes:
         text += "; pancytopenia needs prompt clinical review and a blood film whatever the B12 result"
     if codes & _MASKING_CODES:
-        text += "; check ferritin (and haemoglobin electrophoresis if Mentzer < 13), as a masked macrocytosis " \
-                "can hide B12 deficiency"
+        text += (
+            "; check ferritin (and haemoglobin electrophoresis if Mentzer < 13), as a masked macrocytosis "
+            "can hide B12 deficiency"
+        )
     return text + "."

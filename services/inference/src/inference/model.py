@@ -24,7 +24,15 @@ import numpy as np
 from catboost import CatBoostClassifier, CatBoostError, Pool
 
 from inference import domain
-from shared.events.screening import FEATURE_ORDER, Assessment, Contribution, ModelIdentity, Probabilities, RiskClass
+from shared.events.screening import (
+    FEATURE_ORDER,
+    RANGES,
+    Assessment,
+    Contribution,
+    ModelIdentity,
+    Probabilities,
+    RiskClass,
+)
 
 MANIFEST = "manifest.json"
 STAGE1_MODEL = "stage1_abnormal.cbm"
@@ -101,9 +109,15 @@ def read_verified(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, by
         raise ModelArtifactError(f"{directory} has no {MANIFEST}") from None
     except (OSError, ValueError) as exc:
         raise ModelArtifactError(f"{directory / MANIFEST} is unreadable: {exc}") from exc
-    artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
-    if (manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("version"), str)
-            or not isinstance(artifacts, dict) or not all(isinstance(v, str) for v in artifacts.values())):
+    if not isinstance(manifest, dict):
+        raise ModelArtifactError(f"{directory / MANIFEST} is not a JSON object")
+    artifacts = manifest.get("artifacts")
+    if (
+        manifest.get("format") != MANIFEST_FORMAT
+        or not isinstance(manifest.get("version"), str)
+        or not isinstance(artifacts, dict)
+        or not all(isinstance(v, str) for v in artifacts.values())
+    ):
         raise ModelArtifactError(f"{directory / MANIFEST} is not a format-{MANIFEST_FORMAT} model manifest")
     missing = [name for name in REQUIRED_ARTIFACTS if name not in artifacts]
     if missing:
@@ -119,7 +133,9 @@ def read_verified(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, by
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise ModelArtifactError(f"artifact {name} listed in the manifest is missing from {directory}") from None
+            raise ModelArtifactError(
+                f"artifact {name} listed in the manifest is missing from {directory}"
+            ) from None
         except OSError as exc:
             raise ModelArtifactError(f"artifact {name} is unreadable: {exc}") from exc
         actual = sha256_bytes(data)
@@ -127,7 +143,9 @@ def read_verified(directory: pathlib.Path) -> tuple[dict[str, Any], dict[str, by
             raise ModelArtifactError(f"artifact {name} has sha256 {actual}, the manifest says {expected}")
         contents[name] = data
     if manifest.get("artifacts_sha256") not in (None, artifacts_digest(artifacts)):
-        raise ModelArtifactError(f"{directory / MANIFEST} has an artifacts_sha256 that does not match its entries")
+        raise ModelArtifactError(
+            f"{directory / MANIFEST} has an artifacts_sha256 that does not match its entries"
+        )
     return manifest, contents
 
 
@@ -185,10 +203,19 @@ class B12Model:
     version: str
     identity: ModelIdentity
 
-    def __init__(self, *, version: str, identity: ModelIdentity, stage1: CatBoostClassifier,
-                 stage2: CatBoostClassifier, calibration1: PlattCalibration, calibration2: PlattCalibration,
-                 thresholds: domain.RiskThresholds, card: Mapping[str, Any] | None = None,
-                 thread_count: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        version: str,
+        identity: ModelIdentity,
+        stage1: CatBoostClassifier,
+        stage2: CatBoostClassifier,
+        calibration1: PlattCalibration,
+        calibration2: PlattCalibration,
+        thresholds: domain.RiskThresholds,
+        card: Mapping[str, Any] | None = None,
+        thread_count: int = 1,
+    ) -> None:
         self.version = version
         self.identity = identity
         self.stage1 = stage1
@@ -203,44 +230,64 @@ class B12Model:
     def load(cls, directory: pathlib.Path, *, thread_count: int = 1) -> B12Model:
         """Load ``directory`` after checking every artifact against the manifest's sha256."""
         manifest, contents = read_verified(pathlib.Path(directory))
-        try:
-            features = json.loads(contents[FEATURES])
-            calibration = json.loads(contents[CALIBRATION])
-            thresholds = json.loads(contents[THRESHOLDS])
-            card = json.loads(contents[CARD_JSON])
-            json.loads(contents[TRAINING])
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelArtifactError(f"a JSON artifact of {directory} is malformed: {exc}") from exc
-        if tuple(features.get("feature_order", ())) != FEATURE_ORDER:
+        features, calibration, thresholds, card, _ = (
+            _json_object(contents, name, directory)
+            for name in (FEATURES, CALIBRATION, THRESHOLDS, CARD_JSON, TRAINING)
+        )
+        order = features.get("feature_order")
+        if not isinstance(order, list) or tuple(order) != FEATURE_ORDER:
             raise ModelArtifactError(
-                f"model features {features.get('feature_order')} differ from the contract's {list(FEATURE_ORDER)}"
+                f"model features {order} differ from the contract's {list(FEATURE_ORDER)}"
             )
         try:
             calibration1 = PlattCalibration.from_json(calibration["stage1"])
             calibration2 = PlattCalibration.from_json(calibration["stage2"])
             risk_thresholds = thresholds_from_json(thresholds)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"calibration or thresholds of {directory} are invalid: {exc}") from exc
         stage1 = _load_catboost(contents[STAGE1_MODEL], STAGE1_MODEL)
         stage2 = _load_catboost(contents[STAGE2_MODEL], STAGE2_MODEL)
-        identity = ModelIdentity(version=manifest["version"], artifacts_sha256=artifacts_digest(manifest["artifacts"]))
-        return cls(version=manifest["version"], identity=identity, stage1=stage1, stage2=stage2,
-                   calibration1=calibration1, calibration2=calibration2, thresholds=risk_thresholds,
-                   card=card, thread_count=thread_count)
+        identity = ModelIdentity(
+            version=manifest["version"], artifacts_sha256=artifacts_digest(manifest["artifacts"])
+        )
+        return cls(
+            version=manifest["version"],
+            identity=identity,
+            stage1=stage1,
+            stage2=stage2,
+            calibration1=calibration1,
+            calibration2=calibration2,
+            thresholds=risk_thresholds,
+            card=card,
+            thread_count=thread_count,
+        )
 
     # -- prediction --------------------------------------------------------------------------------------
 
     def _matrix(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, dtype=np.float64)
+        # a private copy: CatBoost marks the arrays it is given read-only, which must not leak to the caller
+        x = np.array(features, dtype=np.float64, copy=True)
         if x.ndim != 2 or x.shape[1] != len(FEATURE_ORDER):
-            raise ValueError(f"features must have shape (n, {len(FEATURE_ORDER)}) in FEATURE_ORDER, got {x.shape}")
+            raise ValueError(
+                f"features must have shape (n, {len(FEATURE_ORDER)}) in FEATURE_ORDER, got {x.shape}"
+            )
         if not np.all(np.isfinite(x)):
             raise ValueError("features must be finite (validate panels with CompleteBloodCount first)")
+        for j, name in enumerate(FEATURE_ORDER):
+            low, high = RANGES.get(name, (0.0, 1.0))
+            if np.any((x[:, j] < low) | (x[:, j] > high)):
+                raise ValueError(f"{name} is outside the contract's range {low:g}–{high:g} in some row")
+        if np.any(
+            (x[:, FEATURE_ORDER.index("sex_male")] != 0.0) & (x[:, FEATURE_ORDER.index("sex_male")] != 1.0)
+        ):
+            raise ValueError("sex_male must be 1.0 (male) or 0.0 (female)")
         return x
 
     def margins(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw (uncalibrated) log-odds of both stages: one CatBoost call per stage for the whole batch."""
-        x = self._matrix(features)
+        return self._margins(self._matrix(features))
+
+    def _margins(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m1 = self.stage1.predict(x, prediction_type="RawFormulaVal", thread_count=self.thread_count)
         m2 = self.stage2.predict(x, prediction_type="RawFormulaVal", thread_count=self.thread_count)
         return np.asarray(m1, dtype=np.float64), np.asarray(m2, dtype=np.float64)
@@ -256,7 +303,9 @@ class B12Model:
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """Per-row, per-feature SHAP contribution to logit P(abnormal) + logit P(deficient | abnormal)."""
-        x = self._matrix(features)
+        return self._contributions(self._matrix(features))
+
+    def _contributions(self, x: np.ndarray) -> np.ndarray:
         pool = Pool(x, feature_names=list(FEATURE_ORDER))
         shap1 = self.stage1.get_feature_importance(pool, type="ShapValues", thread_count=self.thread_count)
         shap2 = self.stage2.get_feature_importance(pool, type="ShapValues", thread_count=self.thread_count)
@@ -268,10 +317,11 @@ class B12Model:
         x = self._matrix(features)
         if len(x) == 0:
             return []
-        normal, borderline, deficient = self.probabilities(x)
+        m1, m2 = self._margins(x)
+        normal, borderline, deficient = domain.combine_arrays(self.calibration1(m1), self.calibration2(m2))
         classes = domain.risk_classes(deficient, self.thresholds)
         labels = domain.labels(normal, borderline, deficient)
-        contributions = self.contributions(x)
+        contributions = self._contributions(x)
         order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :TOP_CONTRIBUTIONS]
         results = []
         for i in range(len(x)):
@@ -279,21 +329,29 @@ class B12Model:
             indices = domain.derived_indices(panel)
             found = domain.findings(panel, indices)
             risk = RiskClass(int(classes[i]))
-            results.append(Assessment(
-                label=labels[i],
-                probabilities=Probabilities(normal=float(normal[i]), borderline=float(borderline[i]),
-                                            deficient=float(deficient[i])),
-                risk_class=risk,
-                indices=indices,
-                findings=found,
-                recommendation=domain.recommendation(risk, found),
-                top_contributions=[
-                    Contribution(feature=FEATURE_ORDER[j], value=float(x[i, j]),
-                                 contribution=float(contributions[i, j]))
-                    for j in order[i]
-                ],
-                model=self.identity,
-            ))
+            results.append(
+                Assessment(
+                    label=labels[i],
+                    probabilities=Probabilities(
+                        normal=float(normal[i]),
+                        borderline=float(borderline[i]),
+                        deficient=float(deficient[i]),
+                    ),
+                    risk_class=risk,
+                    indices=indices,
+                    findings=found,
+                    recommendation=domain.recommendation(risk, found),
+                    top_contributions=[
+                        Contribution(
+                            feature=FEATURE_ORDER[j],
+                            value=float(x[i, j]),
+                            contribution=float(contributions[i, j]),
+                        )
+                        for j in order[i]
+                    ],
+                    model=self.identity,
+                )
+            )
         return results
 
     def card_metrics(self) -> dict[str, Any]:
@@ -304,6 +362,16 @@ class B12Model:
         return json.loads(json.dumps(self._card))
 
 
+def _json_object(contents: Mapping[str, bytes], name: str, directory: pathlib.Path) -> dict[str, Any]:
+    try:
+        data = json.loads(contents[name])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelArtifactError(f"{name} of {directory} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelArtifactError(f"{name} of {directory} is not a JSON object")
+    return data
+
+
 def _load_catboost(blob: bytes, name: str) -> CatBoostClassifier:
     model = CatBoostClassifier()
     try:
@@ -311,5 +379,7 @@ def _load_catboost(blob: bytes, name: str) -> CatBoostClassifier:
     except CatBoostError as exc:
         raise ModelArtifactError(f"{name} is not a loadable CatBoost model: {exc}") from exc
     if list(model.feature_names_ or ()) != list(FEATURE_ORDER):
-        raise ModelArtifactError(f"{name} was trained on features {model.feature_names_}, expected {list(FEATURE_ORDER)}")
+        raise ModelArtifactError(
+            f"{name} was trained on features {model.feature_names_}, expected {list(FEATURE_ORDER)}"
+        )
     return model

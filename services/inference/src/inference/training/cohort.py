@@ -39,8 +39,18 @@ PMOL_PER_PG = 0.738
 
 #: Decimal places an analyser reports each value with (platelets and age are whole numbers).
 PRECISION: dict[str, int] = {
-    "hb": 1, "rbc": 2, "hct": 1, "mcv": 1, "mch": 1, "mchc": 1, "rdw": 1, "wbc": 2, "platelets": 0,
-    "neutrophils_pct": 1, "lymphocytes_pct": 1, "age": 0,
+    "hb": 1,
+    "rbc": 2,
+    "hct": 1,
+    "mcv": 1,
+    "mch": 1,
+    "mchc": 1,
+    "rdw": 1,
+    "wbc": 2,
+    "platelets": 0,
+    "neutrophils_pct": 1,
+    "lymphocytes_pct": 1,
+    "age": 0,
 }
 
 #: CBC columns of a labelled CSV (the contract's features, with sex spelled out as ``male``/``female``).
@@ -48,8 +58,14 @@ CBC_COLUMNS: tuple[str, ...] = tuple(name for name in FEATURE_ORDER if name != "
 LABEL_COLUMNS: tuple[str, ...] = ("b12", "b12_unit")
 #: Latent truth the generator knows and a lab never does; written for analysis, ignored by ``train``.
 LATENT_COLUMNS: tuple[str, ...] = (
-    "b12_true_pg_ml", "megaloblastic_severity", "iron_deficiency", "thalassaemia_trait", "folate_deficiency",
-    "other_macrocytosis", "chronic_disease", "other_cytopenia",
+    "b12_true_pg_ml",
+    "megaloblastic_severity",
+    "iron_deficiency",
+    "thalassaemia_trait",
+    "folate_deficiency",
+    "other_macrocytosis",
+    "chronic_disease",
+    "other_cytopenia",
 )
 
 
@@ -85,16 +101,32 @@ class Population:
 #: deficiency) in over half of women (NFHS-5); β-thalassaemia trait ~3–4 % nationally (higher in some
 #: communities); folate deficiency common in the absence of fortification.
 INDIA_LAB = Population(
-    name="india-lab", deficient_prevalence=0.45, b12_log_sd=0.5, female_fraction=0.55,
-    iron_deficiency_female=0.30, iron_deficiency_male=0.10, thalassaemia_trait=0.04, folate_deficiency=0.06,
-    other_macrocytosis=0.04, chronic_disease=0.08, other_cytopenia=0.02,
+    name="india-lab",
+    deficient_prevalence=0.45,
+    b12_log_sd=0.5,
+    female_fraction=0.55,
+    iron_deficiency_female=0.30,
+    iron_deficiency_male=0.10,
+    thalassaemia_trait=0.04,
+    folate_deficiency=0.06,
+    other_macrocytosis=0.04,
+    chronic_disease=0.08,
+    other_cytopenia=0.02,
 )
 #: US adults: ~3 % below 200 pg/mL (NHANES), iron deficiency ~10 % of women, thalassaemia trait rare,
 #: folate deficiency rare after fortification, other macrocytosis (alcohol, drugs) relatively commoner.
 US_LAB = Population(
-    name="us-lab", deficient_prevalence=0.03, b12_log_sd=0.5, female_fraction=0.55,
-    iron_deficiency_female=0.10, iron_deficiency_male=0.02, thalassaemia_trait=0.005, folate_deficiency=0.005,
-    other_macrocytosis=0.05, chronic_disease=0.08, other_cytopenia=0.02,
+    name="us-lab",
+    deficient_prevalence=0.03,
+    b12_log_sd=0.5,
+    female_fraction=0.55,
+    iron_deficiency_female=0.10,
+    iron_deficiency_male=0.02,
+    thalassaemia_trait=0.005,
+    folate_deficiency=0.005,
+    other_macrocytosis=0.05,
+    chronic_disease=0.08,
+    other_cytopenia=0.02,
 )
 POPULATIONS: dict[str, Population] = {p.name: p for p in (INDIA_LAB, US_LAB)}
 
@@ -146,7 +178,9 @@ def generate_cohort(n: int, seed: int, pop: Population = INDIA_LAB) -> dict[str,
     cytopenia = chance(pop.other_cytopenia)
 
     # -- healthy baseline (adult reference intervals)
-    hb = np.where(female, rng.normal(13.4, 0.9, n), rng.normal(15.0, 1.0, n)) - 0.012 * np.maximum(age - 55, 0)
+    hb = np.where(female, rng.normal(13.4, 0.9, n), rng.normal(15.0, 1.0, n)) - 0.012 * np.maximum(
+        age - 55, 0
+    )
     mcv = rng.normal(89.5, 4.0, n) + 1.0 * age_z
     mchc = rng.normal(33.4, 0.8, n)
     rdw = 12.9 + 0.25 * age_z + rng.normal(0.0, 0.6, n)
@@ -221,8 +255,17 @@ def generate_cohort(n: int, seed: int, pop: Population = INDIA_LAB) -> dict[str,
     mchc_m = hb_m * 100.0 / hct_m * (1.0 + np.clip(rng.normal(0.0, 0.004, n), -0.02, 0.02))
 
     values = {
-        "hb": hb_m, "rbc": rbc_m, "hct": hct_m, "mcv": mcv_m, "mch": mch_m, "mchc": mchc_m, "rdw": rdw,
-        "wbc": wbc, "platelets": platelets, "neutrophils_pct": neutrophils, "lymphocytes_pct": lymphocytes,
+        "hb": hb_m,
+        "rbc": rbc_m,
+        "hct": hct_m,
+        "mcv": mcv_m,
+        "mch": mch_m,
+        "mchc": mchc_m,
+        "rdw": rdw,
+        "wbc": wbc,
+        "platelets": platelets,
+        "neutrophils_pct": neutrophils,
+        "lymphocytes_pct": lymphocytes,
         "age": age,
     }
     columns: dict[str, np.ndarray] = {name: np.round(v, PRECISION[name]) for name, v in values.items()}
@@ -231,9 +274,14 @@ def generate_cohort(n: int, seed: int, pop: Population = INDIA_LAB) -> dict[str,
     columns["b12_unit"] = np.full(n, "pg/mL")
     columns["b12_true_pg_ml"] = np.round(b12_true, 1)
     columns["megaloblastic_severity"] = np.round(severity, 3)
-    for name, flag in (("iron_deficiency", iron), ("thalassaemia_trait", thal), ("folate_deficiency", folate),
-                       ("other_macrocytosis", other_macro), ("chronic_disease", chronic),
-                       ("other_cytopenia", cytopenia)):
+    for name, flag in (
+        ("iron_deficiency", iron),
+        ("thalassaemia_trait", thal),
+        ("folate_deficiency", folate),
+        ("other_macrocytosis", other_macro),
+        ("chronic_disease", chronic),
+        ("other_cytopenia", cytopenia),
+    ):
         columns[name] = flag.astype(np.int8)
     bad = ~panel_is_valid(columns)
     if bad.any():  # never expected: the construction above keeps every panel valid
@@ -247,15 +295,19 @@ def panel_is_valid(columns: Mapping[str, np.ndarray]) -> np.ndarray:
     for name, (low, high) in RANGES.items():
         ok &= (columns[name] >= low) & (columns[name] <= high)
     hb, rbc, hct = columns["hb"], columns["rbc"], columns["hct"]
-    for measured, derived in ((columns["mcv"], hct * 10.0 / rbc), (columns["mch"], hb * 10.0 / rbc),
-                              (columns["mchc"], hb * 100.0 / hct)):
+    for measured, derived in (
+        (columns["mcv"], hct * 10.0 / rbc),
+        (columns["mch"], hb * 10.0 / rbc),
+        (columns["mchc"], hb * 100.0 / hct),
+    ):
         ok &= np.abs(measured - derived) <= CONSISTENCY_TOLERANCE * derived
     ok &= columns["neutrophils_pct"] + columns["lymphocytes_pct"] <= 100.0
     return ok
 
 
-def write_cohort_csv(columns: Mapping[str, np.ndarray], path: Path, *, b12_unit: str = "pg/mL",
-                     latent: bool = True) -> None:
+def write_cohort_csv(
+    columns: Mapping[str, np.ndarray], path: Path, *, b12_unit: str = "pg/mL", latent: bool = True
+) -> None:
     """Write a labelled CSV that ``clinomic-model train`` reads; B12 in pg/mL or pmol/L."""
     if b12_unit not in ("pg/mL", "pmol/L"):
         raise ValueError("b12_unit must be pg/mL or pmol/L")

@@ -93,7 +93,9 @@ def read_labelled_csv(path: Path, *, default_b12_unit: str | None = None) -> Lab
         rows.append(cbc.as_features())
         b12.append(level)
     features = np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURE_ORDER))
-    return LabelledData(features, np.array(b12, dtype=np.float64), hashlib.sha256(raw).hexdigest(), read, excluded)
+    return LabelledData(
+        features, np.array(b12, dtype=np.float64), hashlib.sha256(raw).hexdigest(), read, excluded
+    )
 
 
 def write_labelled_csv(data: LabelledData, path: Path) -> None:

@@ -64,12 +64,14 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS
     for b in range(bins):
         mask = index == b
         if mask.any():
-            table.append({
-                "bin": [b / bins, (b + 1) / bins],
-                "rows": int(mask.sum()),
-                "mean_predicted": float(p[mask].mean()),
-                "observed_rate": float(y[mask].mean()),
-            })
+            table.append(
+                {
+                    "bin": [b / bins, (b + 1) / bins],
+                    "rows": int(mask.sum()),
+                    "mean_predicted": float(p[mask].mean()),
+                    "observed_rate": float(y[mask].mean()),
+                }
+            )
     return table
 
 
@@ -86,16 +88,28 @@ def operating_point(y: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
         return a / b if b else None
 
     return {
-        "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
-        "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
         "flagged_fraction": ratio(tp + fp, len(y)),
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
     }
 
 
-def bootstrap_ci(y: np.ndarray, score: np.ndarray, metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]],
-                 resamples: int, seed: int, *, progress: bool = False, desc: str = "bootstrap"
-                 ) -> dict[str, list[float]]:
+def bootstrap_ci(
+    y: np.ndarray,
+    score: np.ndarray,
+    metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]],
+    resamples: int,
+    seed: int,
+    *,
+    progress: bool = False,
+    desc: str = "bootstrap",
+) -> dict[str, list[float]]:
     """Percentile 95 % intervals for each metric over ``resamples`` row resamples (same resamples for all)."""
     y = np.asarray(y, dtype=bool)
     score = np.asarray(score, dtype=np.float64)
@@ -108,16 +122,24 @@ def bootstrap_ci(y: np.ndarray, score: np.ndarray, metrics: dict[str, Callable[[
             continue
         for name, fn in metrics.items():
             draws[name].append(fn(yy, ss))
-    return {name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [float("nan")] * 2
-            for name, v in draws.items()}
-
-
-def _discrimination(y: np.ndarray, p: np.ndarray, resamples: int, seed: int, progress: bool, desc: str
-                    ) -> dict[str, Any]:
-    ci = bootstrap_ci(y, p, {"auroc": auroc, "auprc": average_precision}, resamples, seed,
-                      progress=progress, desc=desc) if resamples else {"auroc": None, "auprc": None}
     return {
-        "rows": int(len(y)),
+        name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [float("nan")] * 2
+        for name, v in draws.items()
+    }
+
+
+def _discrimination(
+    y: np.ndarray, p: np.ndarray, resamples: int, seed: int, progress: bool, desc: str
+) -> dict[str, Any]:
+    ci = (
+        bootstrap_ci(
+            y, p, {"auroc": auroc, "auprc": average_precision}, resamples, seed, progress=progress, desc=desc
+        )
+        if resamples
+        else {"auroc": None, "auprc": None}
+    )
+    return {
+        "rows": len(y),
         "prevalence": float(np.mean(y)),
         "auroc": {"estimate": auroc(y, p), "ci95": ci["auroc"]},
         "auprc": {"estimate": average_precision(y, p), "ci95": ci["auprc"]},
@@ -125,9 +147,16 @@ def _discrimination(y: np.ndarray, p: np.ndarray, resamples: int, seed: int, pro
     }
 
 
-def evaluate(p_abnormal: np.ndarray, p_deficient_given_abnormal: np.ndarray, b12_pg_ml: np.ndarray,
-             thresholds: domain.RiskThresholds, *, resamples: int = 1000, seed: int = 0,
-             progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    p_abnormal: np.ndarray,
+    p_deficient_given_abnormal: np.ndarray,
+    b12_pg_ml: np.ndarray,
+    thresholds: domain.RiskThresholds,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Everything the model card reports about one labelled split, from the calibrated stage outputs."""
     normal, borderline, p_deficient = domain.combine_arrays(p_abnormal, p_deficient_given_abnormal)
     b12 = np.asarray(b12_pg_ml, dtype=np.float64)
@@ -137,28 +166,47 @@ def evaluate(p_abnormal: np.ndarray, p_deficient_given_abnormal: np.ndarray, b12
     labels = domain.labels(normal, borderline, p_deficient)
 
     out: dict[str, Any] = {
-        "rows": int(len(b12)),
+        "rows": len(b12),
         "bootstrap": {"resamples": resamples, "seed": seed, "interval": "percentile 95 %"},
     }
     out["deficient"] = {
-        "definition": f"serum B12 < {DEFICIENT_BELOW:g} pg/mL", "score": "P(deficient)",
+        "definition": f"serum B12 < {DEFICIENT_BELOW:g} pg/mL",
+        "score": "P(deficient)",
         **_discrimination(deficient, p_deficient, resamples, seed, progress, "bootstrap deficient"),
         "calibration": calibration_table(deficient, p_deficient),
-        "at_intermediate": {"rule": "risk class ≥ 2", "threshold": thresholds.intermediate,
-                            **operating_point(deficient, classes >= 2)},
-        "at_high": {"rule": "risk class 3", "threshold": thresholds.high, **operating_point(deficient, classes >= 3)},
+        "at_intermediate": {
+            "rule": "risk class ≥ 2",
+            "threshold": thresholds.intermediate,
+            **operating_point(deficient, classes >= 2),
+        },
+        "at_high": {
+            "rule": "risk class 3",
+            "threshold": thresholds.high,
+            **operating_point(deficient, classes >= 3),
+        },
     }
     out["abnormal"] = {
-        "definition": f"serum B12 < {ABNORMAL_BELOW:g} pg/mL", "score": "P(abnormal)",
+        "definition": f"serum B12 < {ABNORMAL_BELOW:g} pg/mL",
+        "score": "P(abnormal)",
         **_discrimination(abnormal, p_abnormal, resamples, seed + 1, progress, "bootstrap abnormal"),
         "calibration": calibration_table(abnormal, p_abnormal),
         "at_intermediate": {"rule": "risk class ≥ 2", **operating_point(abnormal, classes >= 2)},
     }
-    stage2 = {"definition": f"serum B12 < {DEFICIENT_BELOW:g} among B12 < {ABNORMAL_BELOW:g} pg/mL",
-              "score": "P(deficient | abnormal)"}
+    stage2 = {
+        "definition": f"serum B12 < {DEFICIENT_BELOW:g} among B12 < {ABNORMAL_BELOW:g} pg/mL",
+        "score": "P(deficient | abnormal)",
+    }
     if abnormal.any() and not deficient[abnormal].all() and deficient[abnormal].any():
-        stage2.update(_discrimination(deficient[abnormal], np.asarray(p_deficient_given_abnormal)[abnormal],
-                                      resamples, seed + 2, progress, "bootstrap stage 2"))
+        stage2.update(
+            _discrimination(
+                deficient[abnormal],
+                np.asarray(p_deficient_given_abnormal)[abnormal],
+                resamples,
+                seed + 2,
+                progress,
+                "bootstrap stage 2",
+            )
+        )
     out["deficient_given_abnormal"] = stage2
     out["risk_classes"] = {
         str(c): {
@@ -172,8 +220,12 @@ def evaluate(p_abnormal: np.ndarray, p_deficient_given_abnormal: np.ndarray, b12
     truth = np.where(deficient, "deficient", np.where(abnormal, "borderline", "normal"))
     predicted = np.array([str(label) for label in labels])
     out["labels"] = {
-        "confusion": {t: {p: int(((truth == t) & (predicted == p)).sum()) for p in ("normal", "borderline", "deficient")}
-                      for t in ("normal", "borderline", "deficient")},
+        "confusion": {
+            t: {
+                p: int(((truth == t) & (predicted == p)).sum()) for p in ("normal", "borderline", "deficient")
+            }
+            for t in ("normal", "borderline", "deficient")
+        },
         "accuracy": float((truth == predicted).mean()),
     }
     return out
