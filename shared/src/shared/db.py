@@ -26,13 +26,20 @@ NO_SCHEMA = "clinomic_no_tenant_selected"
 _SCHEMA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
-def create_engine(dsn: str, *, application_name: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(dsn: str, *, application_name: str, search_path: str = NO_SCHEMA,
+                  pool_size: int = 10) -> AsyncEngine:
+    """An engine whose connections resolve unqualified names in ``search_path`` only.
+
+    A service that owns one schema passes it; the screening service keeps the default, which names no
+    schema, and chooses a tenant per transaction with :func:`in_schema`. Connections are recycled rather
+    than pinged before each use: a ping is a round trip on every request.
+    """
     return create_async_engine(
         dsn,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
-        connect_args={"server_settings": {"application_name": application_name, "search_path": NO_SCHEMA}},
+        pool_recycle=1800,
+        connect_args={"server_settings": {"application_name": application_name, "search_path": search_path}},
     )
 
 

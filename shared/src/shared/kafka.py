@@ -22,9 +22,6 @@ from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARTITIONS = 4
-
-
 def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
     """A broker whose publishes wait for the full acknowledgement of the cluster (``acks=all``)."""
     return KafkaBroker(
@@ -56,8 +53,7 @@ def at_least_once(settings: CommonSettings, group_id: str) -> dict[str, Any]:
     }
 
 
-async def ensure_topics(bootstrap_servers: str, topics: list[str] | None = None,
-                        partitions: int = DEFAULT_PARTITIONS) -> None:
+async def ensure_topics(bootstrap_servers: str, topics: list[str] | None = None, *, partitions: int) -> None:
     """Create the platform's topics if they do not exist yet (idempotent; safe on every start)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()

@@ -29,6 +29,7 @@ class CommonSettings(BaseSettings):
     postgres_db: str = "clinomic"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_fetch_max_wait_ms: int = Field(5, description="Long-poll ceiling of consumers; low keeps hops fast")
+    kafka_topic_partitions: int = Field(4, description="Partitions of each topic this service creates")
     auth_jwks_url: str = "http://127.0.0.1:8001/api/auth/jwks"
     jwt_issuer: str = "clinomic-auth"
     jwt_audience: str = "clinomic"

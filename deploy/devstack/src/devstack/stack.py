@@ -110,9 +110,22 @@ async def prepare(env: dict[str, str]) -> None:
     from shared.db import ensure_database
 
     await ensure_database(env["DATABASE_URL"])
-    settings = AuthSettings(database_url=env["DATABASE_URL"], kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-                            jwt_private_key=env["JWT_PRIVATE_KEY"], audit_signing_key=env["AUDIT_SIGNING_KEY"])
-    await seed_demo(settings, os.environ.get("DEMO_PASSWORD", DEMO_PASSWORD))
+    with environment(env):
+        settings = AuthSettings()
+    await seed_demo(settings, env.get("DEMO_PASSWORD", DEMO_PASSWORD))
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """Temporarily make ``env`` the process environment (settings classes read only from there)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager
@@ -128,7 +141,9 @@ def platform(state_dir: Path, *, ports: dict[str, int] | None = None, ephemeral:
         infra.postgres(state_dir / "pgdata", prefer_containers=prefer_containers, ephemeral=ephemeral) as (dsn, pg),
         infra.kafka(prefer_containers=prefer_containers, log_file=logs / "broker.log") as (bootstrap, broker),
     ):
-        env = service_env(dsn, bootstrap, secrets.load_or_create(state_dir / "dev.env"), urls, extra_env)
+        tuned = {"KAFKA_TOPIC_PARTITIONS": "1"} if broker.startswith("bundled") else {}
+        env = service_env(dsn, bootstrap, secrets.load_or_create(state_dir / "dev.env"), urls,
+                          tuned | (extra_env or {}))
         asyncio.run(prepare(env))
         running = Platform(urls=urls, env=env, infra=f"{pg}; {broker}",
                            logs={name: logs / f"{name}.log" for name, _ in SERVICES})

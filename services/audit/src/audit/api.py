@@ -10,7 +10,6 @@ from pydantic import BaseModel
 
 from audit import store
 from audit.ledger import PLATFORM_CHAIN_ID, LedgerEntry, chain_id_for_tenant, verify_chain
-from shared.db import in_schema
 from shared.tokens import Principal, Role
 from shared.web import require_roles
 
@@ -64,7 +63,7 @@ async def list_entries(
     event_type: str | None = None,
 ) -> EntryPage:
     chain_id = chain_of(principal)
-    async with in_schema(request.app.state.engine, store.SCHEMA) as conn:
+    async with request.app.state.engine.begin() as conn:
         rows = await store.entries(conn, chain_id, after_seq=before_seq or 2**62, limit=limit,
                                    event_type=event_type, descending=True)
     return EntryPage(chain_id=chain_id, items=[Entry.of(r) for r in rows],
@@ -77,7 +76,7 @@ async def verify(request: Request, principal: Reader) -> VerifyReport:
     chain_id = chain_of(principal)
     keys = request.app.state.hmac_keys
     prev, expected, checked = None, 1, 0
-    async with in_schema(request.app.state.engine, store.SCHEMA) as conn:
+    async with request.app.state.engine.begin() as conn:
         page: list[LedgerEntry] = []
         async for entry in store.stream_entries(conn, chain_id):
             page.append(entry)

@@ -24,11 +24,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: AuditSettings = app.state.settings
-    engine = create_engine(settings.dsn, application_name="clinomic-audit")
+    engine = create_engine(settings.dsn, application_name="clinomic-audit", search_path=store.SCHEMA)
     await migrate(engine, MIGRATIONS, store.SCHEMA)
     verifier = TokenVerifier(settings.auth_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
     await verifier.refresh()
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-audit")
     appender = handlers.Appender(engine, settings.audit_key_id, settings.hmac_key())
     handlers.register(broker, settings, appender, settings.append_batch_size)

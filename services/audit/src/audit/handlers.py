@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from audit import domain, store
 from audit.ledger import PLATFORM_CHAIN_ID, LedgerEntry, chain_id_for_tenant, seal
-from shared.db import in_schema
 from shared.events import ALL_TOPICS_PATTERN, Envelope
 from shared.kafka import at_least_once
 from shared.settings import CommonSettings
@@ -47,7 +46,7 @@ class Appender:
 
     async def append(self, items: list[dict[str, Any]]) -> int:
         unique = {i["event_id"]: i for i in items}
-        async with in_schema(self.engine, store.SCHEMA) as conn:
+        async with self.engine.begin() as conn:
             known = await store.known_event_ids(conn, list(unique))
             fresh = [i for eid, i in unique.items() if eid not in known]
             if not fresh:

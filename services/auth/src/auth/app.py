@@ -27,9 +27,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: AuthSettings = app.state.settings
     assert settings.jwt_private_key is not None
-    engine = create_engine(settings.dsn, application_name="clinomic-auth")
+    engine = create_engine(settings.dsn, application_name="clinomic-auth", search_path=store.SCHEMA)
     await migrate(engine, MIGRATIONS, store.SCHEMA)
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-auth")
     await broker.start()
     key = SigningKey.from_pem(settings.jwt_private_key.get_secret_value())

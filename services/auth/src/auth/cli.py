@@ -10,7 +10,7 @@ from auth import store
 from auth.keys import SigningKey
 from auth.service import IdentityService
 from auth.settings import AuthSettings
-from shared.db import create_engine, in_schema, migrate
+from shared.db import create_engine, migrate
 from shared.events import Actor
 from shared.kafka import ensure_topics, make_broker
 from shared.settings import load_or_exit
@@ -28,17 +28,17 @@ async def seed_demo(settings: AuthSettings, password: str) -> None:
     """Create the demo organisation and users unless they exist (safe to run on every start)."""
     from auth.app import MIGRATIONS
 
-    engine = create_engine(settings.dsn, application_name="clinomic-auth-seed", pool_size=2)
+    engine = create_engine(settings.dsn, application_name="clinomic-auth-seed", search_path=store.SCHEMA, pool_size=2)
     broker = make_broker(settings, "clinomic-auth-seed")
     try:
         await migrate(engine, MIGRATIONS, store.SCHEMA)
-        await ensure_topics(settings.kafka_bootstrap_servers)
+        await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
         await broker.start()
         assert settings.jwt_private_key is not None
         identity = IdentityService(settings, engine, broker,
                                    SigningKey.from_pem(settings.jwt_private_key.get_secret_value()))
         actor = Actor(role="service", service="auth-seed")
-        async with in_schema(engine, store.SCHEMA) as conn:
+        async with engine.begin() as conn:
             org_id = await store.org_by_slug(conn, DEMO_ORG[1])
             existing = {u for (u, _) in DEMO_USERS + ((PLATFORM_DEMO_USER, Role.PLATFORM_ADMIN),)
                         if await store.user_by_username(conn, u)}

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from auth import domain, store
 from auth.keys import SigningKey
 from auth.settings import AuthSettings
-from shared.db import in_schema
 from shared.events import Actor, Topic, new_envelope
 from shared.events import identity as ev
 from shared.kafka import publish
@@ -79,7 +78,7 @@ class IdentityService:
         return TokenPair(self._access_token(user, now), refresh, self.settings.jwt_access_ttl_seconds)
 
     async def login(self, username: str, password: str, client_ip: str | None) -> TokenPair:
-        async with in_schema(self.engine, store.SCHEMA) as conn:
+        async with self.engine.begin() as conn:
             user = await store.user_by_username(conn, username)
             ok = _verify(user.password_hash if user else _DUMMY_HASH, password) and user is not None
             if ok and user is not None and user.active:
@@ -104,7 +103,7 @@ class IdentityService:
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         now = datetime.now(UTC)
-        async with in_schema(self.engine, store.SCHEMA) as conn:
+        async with self.engine.begin() as conn:
             row = await store.refresh_for_update(conn, domain.refresh_token_hash(refresh_token))
             if row is None:
                 raise RefreshRejected("unknown refresh token")
@@ -120,7 +119,7 @@ class IdentityService:
 
     async def create_organization(self, name: str, slug: str, actor: Actor) -> uuid.UUID:
         org_id = uuid.uuid4()
-        async with in_schema(self.engine, store.SCHEMA) as conn:
+        async with self.engine.begin() as conn:
             await store.insert_org(conn, org_id, name, slug)
         await self._emit(ev.OrganizationCreatedV1(organization_id=org_id, slug=slug), ev.ORGANIZATION_CREATED,
                          tenant=org_id, actor=actor, key=str(org_id))
@@ -129,14 +128,14 @@ class IdentityService:
     async def create_user(self, *, org_id: uuid.UUID | None, username: str, password: str, role: Role,
                           actor: Actor) -> uuid.UUID:
         user = store.User(uuid.uuid4(), org_id, username, _hasher.hash(password), role.value, True)
-        async with in_schema(self.engine, store.SCHEMA) as conn:
+        async with self.engine.begin() as conn:
             await store.insert_user(conn, user)
         await self._emit(ev.UserCreatedV1(user_id=user.id, role=role.value), ev.USER_CREATED, tenant=org_id,
                          actor=actor, key=str(user.id))
         return user.id
 
     async def user(self, user_id: uuid.UUID) -> store.User | None:
-        async with in_schema(self.engine, store.SCHEMA) as conn:
+        async with self.engine.begin() as conn:
             return await store.user_by_id(conn, user_id)
 
 

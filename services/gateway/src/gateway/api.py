@@ -12,7 +12,6 @@ from pydantic import BaseModel, Field
 from gateway import store
 from gateway.intake import Intake
 from gateway.proxy import forward
-from shared.db import in_schema
 from shared.events.screening import CompleteBloodCount
 from shared.tokens import Principal, Role
 from shared.web import current_principal, require_roles, tenant_of
@@ -65,7 +64,7 @@ async def classify(body: ClassifyRequest, request: Request, principal: Screener)
 async def screening(screening_id: uuid.UUID, request: Request, principal: Authenticated) -> Response:
     response = await forward(request.app.state.http, request.app.state.settings.screening_url, request)
     if response.status_code == status.HTTP_404_NOT_FOUND and principal.org_id is not None:
-        async with in_schema(request.app.state.engine, store.SCHEMA) as conn:
+        async with request.app.state.engine.begin() as conn:
             if await store.is_pending(conn, screening_id, principal.org_id):
                 return JSONResponse({"id": str(screening_id), "status": "pending"}, status_code=202)
     return response

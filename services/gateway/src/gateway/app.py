@@ -33,11 +33,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
-    engine = create_engine(settings.dsn, application_name="clinomic-gateway", pool_size=20)
+    engine = create_engine(settings.dsn, application_name="clinomic-gateway", search_path=store.SCHEMA, pool_size=20)
     await migrate(engine, MIGRATIONS, store.SCHEMA)
     verifier = TokenVerifier(settings.auth_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
     await verifier.refresh()
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-gateway")
     outcomes = Outcomes()
     handlers.register(broker, settings, outcomes, engine)

@@ -9,7 +9,6 @@ from faststream.kafka import KafkaBroker
 
 from gateway import store
 from gateway.outcomes import Outcomes
-from shared.db import in_schema
 from shared.events import Envelope, Topic
 from shared.events import screening as ev
 from shared.kafka import raw_body
@@ -28,5 +27,5 @@ def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, 
         recorded = [RecordedEnvelope.model_validate_json(raw) for raw in messages]
         for envelope in recorded:
             outcomes.resolve(envelope.payload.screening_id, envelope.payload)
-        async with in_schema(engine, store.SCHEMA) as conn:
+        async with engine.begin() as conn:
             await store.mark_recorded(conn, [e.payload.screening_id for e in recorded])

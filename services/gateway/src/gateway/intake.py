@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway import store
 from gateway.outcomes import Outcomes
 from shared.crypto import PhiCipher
-from shared.db import in_schema
 from shared.events import Actor, Envelope, Topic, new_envelope
 from shared.events import screening as ev
 from shared.kafka import encode, publish
@@ -49,7 +48,7 @@ class Intake:
     async def submit(self, command: Envelope[Any], wait_seconds: float) -> ev.ScreeningRecordedV1 | None:
         """Accept, publish and wait; ``None`` means accepted but not recorded within ``wait_seconds``."""
         screening_id = command.payload.screening_id
-        async with in_schema(self.engine, store.SCHEMA) as conn:
+        async with self.engine.begin() as conn:
             await store.accept(conn, screening_id, command.tenant_id, encode(command))
         outcome = self.outcomes.expect(screening_id)
         try:
@@ -70,7 +69,7 @@ class Intake:
         while True:
             await asyncio.sleep(interval_seconds)
             try:
-                async with in_schema(self.engine, store.SCHEMA) as conn:
+                async with self.engine.begin() as conn:
                     commands = await store.claim_unrecorded(conn, older_than_seconds)
                 for raw in commands:
                     envelope = Envelope[ev.ScreeningRequestedV1].model_validate_json(raw)

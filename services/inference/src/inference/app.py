@@ -36,7 +36,7 @@ def create_app() -> AsgiFastStream:
         return AsgiResponse(body, 200 if state["ready"] else 503, {"content-type": "application/json"})
 
     async def create_topics() -> None:
-        await ensure_topics(settings.kafka_bootstrap_servers)
+        await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
 
     async def mark_ready() -> None:
         state["ready"] = True

@@ -30,7 +30,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrate(engine, store.TENANT_MIGRATIONS, tenant_schema(org))
     verifier = TokenVerifier(settings.auth_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
     await verifier.refresh()
-    await ensure_topics(settings.kafka_bootstrap_servers)
+    await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-screening")
     handlers.register(broker, settings, registry, settings.record_batch_size)
     await broker.start()
