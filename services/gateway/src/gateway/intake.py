@@ -52,7 +52,9 @@ class Intake:
             await store.accept(conn, screening_id, command.tenant_id, encode(command))
         outcome = self.outcomes.expect(screening_id)
         try:
-            await publish(self.broker, Topic.SCREENING_REQUESTED, command, key=str(screening_id))
+            await asyncio.wait_for(
+                publish(self.broker, Topic.SCREENING_REQUESTED, command, key=str(screening_id)), wait_seconds
+            )
         except Exception:  # the broker is down: the command is safe in the intake, the redeliverer resends it
             log.warning("broker unavailable; screening %s will be redelivered", screening_id)
             self.outcomes.forget(screening_id)
