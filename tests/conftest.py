@@ -31,7 +31,16 @@ def platform() -> Iterator[stack.Platform]:
     try:
         with stack.platform(state, ports=ports, ephemeral=True, prefer_containers=True,
                             extra_env={"CLASSIFY_WAIT_SECONDS": "4", "REDELIVER_AFTER_SECONDS": "3",
-                                       "DEBUG": "false"}) as running:
+                                       "DEBUG": "false",
+                                       # identity: every test comes from 127.0.0.1, so per-address limits
+                                       # must be generous here (tests/identity starts its own limited
+                                       # gateways); lockouts and the refresh grace window short for speed.
+                                       "RATE_LIMIT_LOGIN": "100000/minute", "RATE_LIMIT_REFRESH": "100000/minute",
+                                       "RATE_LIMIT_MFA": "100000/minute", "RATE_LIMIT_DEFAULT": "100000/minute",
+                                       "LOCKOUT_BASE_SECONDS": "2", "REFRESH_GRACE_SECONDS": "2",
+                                       # session-scoped fixtures hold access tokens for the whole run
+                                       "JWT_ACCESS_TTL_SECONDS": "3600",
+                                       "CORS_ORIGINS": "https://app.clinomic.test"}) as running:
             yield running
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -51,9 +60,13 @@ async def engine(platform: stack.Platform) -> AsyncIterator[AsyncEngine]:
 
 
 async def login(gateway: httpx.AsyncClient, username: str, password: str = stack.DEMO_PASSWORD) -> dict[str, str]:
+    """Log in and finish what the login asks for: a TOTP code when MFA is on, or MFA enrolment when the role
+    requires it (org admins, doctors); returns the session's tokens (see tests/identity/authenticator.py)."""
+    from tests.identity.authenticator import complete_login
+
     response = await gateway.post("/api/auth/login", json={"username": username, "password": password})
     assert response.status_code == 200, response.text
-    return response.json()
+    return await complete_login(gateway, username, response.json())
 
 
 def bearer(tokens: dict[str, str]) -> dict[str, str]:

@@ -126,3 +126,29 @@ def test_actor_fast_path_does_not_confuse_equal_values_of_other_types() -> None:
 @given(st.binary(max_size=200), st.binary(min_size=64, max_size=64))
 def test_precomputed_pad_hmac_equals_stdlib_hmac(key: bytes, message: bytes) -> None:
     assert _FastHmac(key).digest(message) == hmac.digest(key, message, "sha256")
+
+
+def _reference(value: object) -> bytes:
+    from audit.ledger import _emit
+
+    out: list[str] = []
+    _emit(value, out)
+    return "".join(out).encode("utf-8")
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values)
+def test_the_fast_path_writes_the_same_bytes_as_the_reference_emitter(value: object) -> None:
+    try:
+        expected = _reference(value)
+    except (ValueError, UnicodeEncodeError):
+        with pytest.raises(ValueError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
+@pytest.mark.parametrize("number", [1e-4, 0.00012345, 1.5, 123.456, 9999999999999998.0, 1e15 + 0.5, 1e16, 1e-5,
+                                    -2.5e-3, 5e-324, 1.7976931348623157e308, -0.0, 12.0, 2.0**53])
+def test_floats_at_the_fast_paths_edges_are_written_as_the_reference_does(number: float) -> None:
+    assert canonical_json({"x": [number, -number]}) == _reference({"x": [number, -number]})

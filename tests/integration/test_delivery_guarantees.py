@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devstack.stack import Platform
 from shared.events import Topic
-from tests.conftest import HEALTHY_CBC, new_patient_id
+from tests.conftest import HEALTHY_CBC
+from tests.records.helpers import consented_patient
 
 
 async def events_of(bootstrap: str, topic: str, screening_id: str) -> list[bytes]:
@@ -52,7 +53,8 @@ async def tenant_schema_of(engine: AsyncEngine) -> str:
 async def test_a_redelivered_classification_records_and_audits_nothing_new(
     platform: Platform, gateway: httpx.AsyncClient, lab: dict, engine: AsyncEngine
 ) -> None:
-    body = {"patient": {"external_id": new_patient_id()}, "cbc": HEALTHY_CBC}
+    patient = await consented_patient(gateway, lab)
+    body = {"patient": {"external_id": patient["external_id"]}, "cbc": HEALTHY_CBC}
     screening_id = (await gateway.post("/api/screening/classify", json=body, headers=lab)).json()["id"]
     bootstrap = platform.env["KAFKA_BOOTSTRAP_SERVERS"]
     [classified] = await events_of(bootstrap, Topic.SCREENING_CLASSIFIED, screening_id)
@@ -73,17 +75,20 @@ async def test_a_redelivered_classification_records_and_audits_nothing_new(
     assert len({json.loads(r)["event_id"] for r in recorded}) == 1, "re-announcements keep one event id"
 
 
-async def test_a_screening_accepted_while_the_recorder_is_down_is_recorded_after_it_restarts(
+async def test_a_screening_accepted_while_inference_is_down_is_recorded_after_it_restarts(
     platform: Platform, gateway: httpx.AsyncClient, lab: dict, engine: AsyncEngine
 ) -> None:
-    platform.kill_service("screening")
+    """Accepted (committed to the intake after its admission check) means recorded eventually, whichever
+    downstream service is down. (The screening service itself answers the admission check: see below.)"""
+    patient = await consented_patient(gateway, lab)
+    platform.kill_service("inference")
     try:
-        body = {"patient": {"external_id": new_patient_id()}, "cbc": HEALTHY_CBC}
+        body = {"patient": {"external_id": patient["external_id"]}, "cbc": HEALTHY_CBC}
         response = await gateway.post("/api/screening/classify", json=body, headers=lab)
         assert response.status_code == 202
         screening_id = response.json()["id"]
     finally:
-        await asyncio.to_thread(platform.start_service, "screening")
+        await asyncio.to_thread(platform.start_service, "inference")
     status = None
     for _ in range(150):
         status = (await gateway.get(f"/api/screenings/{screening_id}", headers=lab)).status_code
@@ -94,15 +99,35 @@ async def test_a_screening_accepted_while_the_recorder_is_down_is_recorded_after
     assert await screening_rows(engine, await tenant_schema_of(engine), screening_id) == 1
 
 
+async def test_while_the_screening_service_is_down_classify_is_refused_and_nothing_is_accepted(
+    platform: Platform, gateway: httpx.AsyncClient, lab: dict, engine: AsyncEngine
+) -> None:
+    """Consent and patient checks need the screening service: without it nothing is accepted (fail closed)."""
+    patient = await consented_patient(gateway, lab)
+    platform.kill_service("screening")
+    try:
+        body = {"patient": {"external_id": patient["external_id"]}, "cbc": HEALTHY_CBC}
+        response = await gateway.post("/api/screening/classify", json=body, headers=lab)
+    finally:
+        await asyncio.to_thread(platform.start_service, "screening")
+    assert response.status_code == 503 and response.headers["retry-after"]
+    async with engine.connect() as conn:
+        accepted = await conn.scalar(text("SELECT count(*) FROM gateway.screening_intake "
+                                          "WHERE position(CAST(:e AS bytea) IN command) > 0"),
+                                     {"e": patient["external_id"].encode()})
+    assert accepted == 0
+
+
 async def test_a_screening_accepted_across_a_broker_restart_is_recorded_and_audited(
     platform: Platform, gateway: httpx.AsyncClient, lab: dict, admin: dict, engine: AsyncEngine
 ) -> None:
     """The bundled broker keeps nothing across a restart; the gateway's intake re-publishes what was lost."""
     broker = platform.bundled_broker
     assert broker is not None, "this test restarts the bundled broker; run it without KAFKA_BOOTSTRAP_SERVERS"
+    patient = await consented_patient(gateway, lab)
     broker.stop()
     try:
-        body = {"patient": {"external_id": new_patient_id()}, "cbc": HEALTHY_CBC}
+        body = {"patient": {"external_id": patient["external_id"]}, "cbc": HEALTHY_CBC}
         response = await gateway.post("/api/screening/classify", json=body, headers=lab)
         assert response.status_code == 202  # accepted into the intake, not yet published
         screening_id = response.json()["id"]

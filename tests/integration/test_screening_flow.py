@@ -7,10 +7,15 @@ import asyncio
 import httpx
 
 from tests.conftest import HEALTHY_CBC, new_patient_id
+from tests.records.helpers import consented_patient
 
 
 async def classify(gateway: httpx.AsyncClient, headers: dict[str, str], **overrides: object) -> httpx.Response:
-    body = {"patient": {"external_id": new_patient_id(), "name": "Ada Example"}, "cbc": HEALTHY_CBC} | overrides
+    """Classify for a patient with a screening consent (the default policy requires one)."""
+    patient = overrides.pop("patient", {"external_id": new_patient_id(), "name": "Ada Example"})
+    assert isinstance(patient, dict)
+    await consented_patient(gateway, headers, **patient)
+    body = {"patient": patient, "cbc": HEALTHY_CBC} | overrides
     return await gateway.post("/api/screening/classify", json=body, headers=headers)
 
 
@@ -44,6 +49,7 @@ async def test_classified_screening_appears_in_history_with_its_patient_name(
 ) -> None:
     patient = new_patient_id()
     created = await classify(gateway, lab, patient={"external_id": patient, "name": "Grace Example"})
+    assert created.status_code == 200, created.text
     history = await gateway.get("/api/screening/history", params={"patient_external_id": patient}, headers=lab)
     assert history.status_code == 200
     items = history.json()["items"]
@@ -82,7 +88,8 @@ async def test_doctor_may_not_submit_screenings(gateway: httpx.AsyncClient) -> N
     from tests.conftest import bearer, login
 
     doctor = bearer(await login(gateway, "doctor_demo"))
-    response = await classify(gateway, doctor)
+    body = {"patient": {"external_id": new_patient_id()}, "cbc": HEALTHY_CBC}
+    response = await gateway.post("/api/screening/classify", json=body, headers=doctor)
     assert response.status_code == 403
 
 

@@ -109,3 +109,8 @@ async def schema_revision(engine: AsyncEngine, schema: str) -> str | None:
 
     async with engine.connect() as conn:
         return await conn.run_sync(current)
+
+
+def head_revision(migrations: Path) -> str | None:
+    """The newest revision of the migration scripts in ``migrations``."""
+    return _script(migrations).get_current_head()

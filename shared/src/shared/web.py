@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from shared.tokens import InvalidToken, Principal, Role, TokenVerifier
+from shared.tokens import InvalidToken, Principal, Role, Scope, TokenVerifier
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
@@ -21,10 +21,12 @@ def verifier_of(request: Request) -> TokenVerifier:
     return request.app.state.token_verifier
 
 
-async def current_principal(
+async def any_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The verified caller, whatever the token allows (restricted tokens included): use through
+    :func:`current_principal` or :func:`principal_allowing`, never directly in a route."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -33,6 +35,32 @@ async def current_principal(
     except InvalidToken:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or expired token",
                             headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+def _refuse_restricted(principal: Principal) -> None:
+    if principal.scope == Scope.MFA_ENROLMENT:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "multi-factor authentication must be enrolled first",
+                            headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+    if principal.restricted:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the password must be changed first",
+                            headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+
+
+async def current_principal(principal: Annotated[Principal, Depends(any_principal)]) -> Principal:
+    """The verified caller holding a full token: restricted tokens (MFA enrolment, password change) get 403."""
+    _refuse_restricted(principal)
+    return principal
+
+
+def principal_allowing(*scopes: Scope) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency that admits full tokens and restricted tokens of the given scopes (auth routes only)."""
+
+    async def dependency(principal: Annotated[Principal, Depends(any_principal)]) -> Principal:
+        if principal.scope is not None and principal.scope not in scopes:
+            _refuse_restricted(principal)
+        return principal
+
+    return dependency
 
 
 def require_roles(*roles: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:

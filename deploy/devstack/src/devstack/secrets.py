@@ -11,14 +11,26 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
-def generate() -> dict[str, str]:
+def _ed25519_pem() -> str:
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
+    return pem.replace("\n", "\\n")
+
+
+def generate() -> dict[str, str]:
     return {
         "MASTER_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "AUDIT_SIGNING_KEY": secrets.token_urlsafe(48),
-        "JWT_PRIVATE_KEY": pem.replace("\n", "\\n"),
+        "JWT_PRIVATE_KEY": _ed25519_pem(),
+        # Signs the audit ledger's Merkle tree heads (a different key from the tokens' on purpose).
+        "AUDIT_TREE_HEAD_KEY": _ed25519_pem(),
+        # Password of the audit service's own login role (SELECT/INSERT on the ledger only).
+        "AUDIT_DB_PASSWORD": secrets.token_urlsafe(24),
+        # HMAC key of the blind index for exact-match patient name search (screening service).
+        "PHI_BLIND_INDEX_KEY": secrets.token_urlsafe(48),
+        # Fernet key that encrypts TOTP secrets at rest (auth service).
+        "MFA_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
     }
 
 

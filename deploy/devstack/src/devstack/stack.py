@@ -103,14 +103,33 @@ def service_env(database_url: str, bootstrap: str, secret_env: dict[str, str], u
     }
 
 
+#: The audit service's own login role: it may only SELECT and INSERT the ledger (see docs/audit-ledger.md).
+AUDIT_DB_ROLE = "clinomic_audit"
+
+
+def audit_env(database_url: str, secret_env: dict[str, str], state_dir: Path) -> dict[str, str]:
+    """The audit service connects as its own unprivileged role and also writes tree heads to a directory."""
+    from audit.ops import runtime_url
+
+    return {
+        "AUDIT_DATABASE_URL": runtime_url(database_url, AUDIT_DB_ROLE, secret_env.get("AUDIT_DB_PASSWORD")),
+        "AUDIT_TREE_HEAD_DIR": str(state_dir / "audit-tree-heads"),
+        "AUDIT_TREE_HEAD_INTERVAL_SECONDS": os.environ.get("AUDIT_TREE_HEAD_INTERVAL_SECONDS", "2"),
+    }
+
+
 async def prepare(env: dict[str, str]) -> None:
-    """Create the database and the demo organisation with its users (idempotent)."""
+    """Create the database, the audit ledger's roles and schema, and the demo organisation with its users
+    (idempotent). The ledger is migrated here, as the database's admin who thereby owns it, so that the
+    audit service itself never holds a role that could disable its triggers."""
+    from audit.ops import prepare_database
     from auth.cli import seed_demo
     from auth.settings import AuthSettings
 
     from shared.db import ensure_database
 
     await ensure_database(env["DATABASE_URL"])
+    await prepare_database(env["DATABASE_URL"], AUDIT_DB_ROLE, env.get("AUDIT_DB_PASSWORD"))
     with environment(env):
         settings = AuthSettings()
     await seed_demo(settings, env.get("DEMO_PASSWORD", DEMO_PASSWORD))
@@ -144,8 +163,9 @@ def platform(state_dir: Path, *, ports: dict[str, int] | None = None, ephemeral:
                                                                                            bundled),
     ):
         tuned = {"KAFKA_TOPIC_PARTITIONS": "1"} if broker.startswith("bundled") else {}
-        env = service_env(dsn, bootstrap, secrets.load_or_create(state_dir / "dev.env"), urls,
-                          tuned | (extra_env or {}))
+        secret_env = secrets.load_or_create(state_dir / "dev.env")
+        env = service_env(dsn, bootstrap, secret_env, urls,
+                          tuned | audit_env(dsn, secret_env, state_dir) | (extra_env or {}))
         asyncio.run(prepare(env))
         running = Platform(urls=urls, env=env, infra=f"{pg}; {broker}", bundled_broker=bundled,
                            logs={name: logs / f"{name}.log" for name, _ in SERVICES})

@@ -1,46 +1,125 @@
-"""Wiring of the audit service: settings, database, the all-topics subscriber, routes."""
+"""Wiring of the audit service: settings, database role checks, the all-topics subscriber, the tree-head
+publisher, routes.
+
+The service connects with a role that may only SELECT and INSERT the ledger (``AUDIT_DATABASE_URL``) and
+refuses to start with one that could change it (superuser, owner, CREATEROLE, UPDATE/DELETE/TRUNCATE/TRIGGER
+rights) or when the schema is not migrated. Migrations run as the ledger's owner: at start when
+``AUDIT_MIGRATION_DATABASE_URL`` is given (that connection is closed right after), otherwise beforehand with
+``clinomic-audit migrate`` (the dev stack does this).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from fastapi import FastAPI
-
-from audit import api, handlers, store
-from audit.settings import AuditSettings
-from shared.db import create_engine, migrate
+from shared.db import create_engine, migrate, schema_revision
 from shared.health import health_router
 from shared.kafka import ensure_topics, make_broker
 from shared.observability import configure_logging
 from shared.settings import load_or_exit
-from shared.tokens import TokenVerifier
+from shared.tokens import TokenVerifier, watch_revocations
 from shared.web import install_error_handlers
 
+from audit import api, checker, handlers, store, treeheads
+from audit.settings import AuditSettings
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
+
+
+class StartupRefused(RuntimeError):
+    """The service must not run like this; the message is one line."""
+
+
+def head_revision() -> str | None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+async def migrate_as_owner(dsn: str) -> None:
+    """Apply the audit migrations with the owner's connection (then drop it)."""
+    owner = create_engine(
+        dsn, application_name="clinomic-audit-migrate", search_path=store.SCHEMA, pool_size=1
+    )
+    try:
+        await migrate(owner, MIGRATIONS, store.SCHEMA)
+    finally:
+        await owner.dispose()
+
+
+async def check_database(engine: object) -> None:
+    """Refuse a privileged role or an unmigrated schema, with one line saying why."""
+    async with engine.connect() as conn:  # type: ignore[attr-defined]
+        problems = await store.role_problems(conn)
+    if problems:
+        raise StartupRefused(
+            "the audit ledger's database role must only SELECT and INSERT: " + "; ".join(problems)
+        )
+    current, wanted = await schema_revision(engine, store.SCHEMA), head_revision()  # type: ignore[arg-type]
+    if current != wanted:
+        raise StartupRefused(
+            f"the audit schema is at revision {current}, not {wanted}: run `clinomic-audit migrate`"
+            " with the owner's connection (or set AUDIT_MIGRATION_DATABASE_URL)"
+        )
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: AuditSettings = app.state.settings
-    engine = create_engine(settings.dsn, application_name="clinomic-audit", search_path=store.SCHEMA)
-    await migrate(engine, MIGRATIONS, store.SCHEMA)
-    verifier = TokenVerifier(settings.auth_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    if settings.migration_dsn:
+        await migrate_as_owner(settings.migration_dsn)
+    engine = create_engine(settings.runtime_dsn, application_name="clinomic-audit", search_path=store.SCHEMA)
+    try:
+        await check_database(engine)
+    except StartupRefused as refused:
+        log.critical("audit: refusing to start: %s", refused)
+        await engine.dispose()
+        raise
+    verifier = TokenVerifier(
+        settings.auth_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
     await verifier.refresh()
     await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-audit")
     appender = handlers.Appender(engine, settings.audit_key_id, settings.hmac_key())
     handlers.register(broker, settings, appender, settings.append_batch_size)
+    watch_revocations(broker, verifier, settings)  # identity: deactivations, revoked sessions
+    head_log = treeheads.TreeHeadLog(settings.audit_tree_head_dir)
+    if not head_log.enabled:
+        log.warning("AUDIT_TREE_HEAD_DIR is not set: signed tree heads are kept only in the database")
+    publisher = treeheads.Publisher(
+        engine,
+        settings.tree_head_key(),
+        settings.tree_head_public_keys(),
+        settings.hmac_keys(),
+        head_log,
+        interval=settings.audit_tree_head_interval_seconds,
+        max_age=settings.audit_tree_head_max_age_seconds,
+    )
     await broker.start()
     app.state.engine = engine
-    app.state.hmac_keys = {settings.audit_key_id: settings.hmac_key()}
+    app.state.hmac_keys = settings.hmac_keys()
+    app.state.public_keys = settings.tree_head_public_keys()
+    app.state.head_log = head_log
+    app.state.publisher = publisher
+    app.state.verifier_pool = checker.VerifierPool(settings.runtime_dsn, settings.audit_verify_workers)
     app.state.token_verifier = verifier
+    publishing = asyncio.create_task(publisher.run(), name="tree-head-publisher")
     app.state.ready = True
     try:
         yield
     finally:
         app.state.ready = False
+        await treeheads.stop(publishing)
+        app.state.verifier_pool.close()
         await broker.stop()
         await engine.dispose()
 

@@ -1,79 +1,231 @@
-"""Subscriber: every event of every ``clinomic.*`` topic, appended exactly once to its organisation's chain."""
+"""Subscriber: every event of every ``clinomic.*`` topic, appended exactly once to its organisation's chain.
+
+The :class:`Appender` is the one code path that writes the ledger (the Kafka handler and the benchmark both
+use it). A batch is one transaction: lock the batch's chains (advisory locks, in key order), drop the event
+ids the ledger already holds, read each chain's head (its last entry), seal the new entries one after the
+other, extend each chain's Merkle tree, insert entries and the Merkle nodes they complete, commit. Two
+appenders (replicas, or a redelivery racing the original) serialise on the chain lock, so a chain never forks
+and a sequence number is never used twice; the unique event id backs up "exactly once".
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
-
-from audit import domain, store
-from audit.ledger import PLATFORM_CHAIN_ID, LedgerEntry, chain_id_for_tenant, seal
 from shared.events import ALL_TOPICS_PATTERN, Envelope
 from shared.kafka import at_least_once
 from shared.settings import CommonSettings
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from audit import domain, store
+from audit.ledger import (
+    PLATFORM_CHAIN_ID,
+    LedgerEntry,
+    canonical_json,
+    chain_id_for_tenant,
+    genesis_hash,
+    seal,
+)
+from audit.merkle import MerkleFrontier, MerkleTree, leaf_hash
 
 log = logging.getLogger(__name__)
 RawEnvelope = Envelope[dict[str, Any]]
+_ZERO = bytes(32)
 
 
-def _item(raw: bytes, topic: str) -> dict[str, Any]:
-    """What to seal for one message: an envelope as is, or the digest of something unreadable."""
+@dataclass(frozen=True, slots=True)
+class Item:
+    """What the ledger keeps of one message, ready to be sealed."""
+
+    chain_id: str
+    event_id: uuid.UUID
+    event_type: str
+    actor: dict[str, Any]
+    tenant_id: str | None
+    occurred_at: str | datetime
+    content: bytes  # canonical JSON
+    refs: str  # the event's identifiers, space-separated (see domain.entity_refs)
+
+
+def item_of(raw: bytes, topic: str) -> Item:
+    """An envelope as it was published (PHI ciphertexts digested), or the digest of something unreadable."""
     try:
         envelope = RawEnvelope.model_validate_json(raw)
     except ValidationError:
         digest = domain.unreadable_event(raw, topic)
-        return {"chain_id": PLATFORM_CHAIN_ID, "event_id": uuid.uuid5(uuid.NAMESPACE_OID, digest["sha256"]),
-                "event_type": "UnreadableMessage", "actor": {"role": "unknown"}, "tenant_id": None,
-                "occurred_at": None, "content": digest}
-    data = envelope.model_dump(mode="json")
-    return {"chain_id": chain_id_for_tenant(envelope.tenant_id), "event_id": envelope.event_id,
-            "event_type": envelope.event_type, "actor": data["actor"], "tenant_id": envelope.tenant_id,
-            "occurred_at": envelope.occurred_at, "content": domain.ledger_content(data)}
+        return Item(
+            PLATFORM_CHAIN_ID,
+            uuid.uuid5(uuid.NAMESPACE_OID, digest["sha256"]),
+            "UnreadableMessage",
+            {"role": "unknown"},
+            None,
+            datetime.now(UTC),
+            canonical_json(digest),
+            "",
+        )
+    content = envelope.model_dump(mode="json")
+    if domain.may_hold_digested_fields(raw):
+        content = domain.ledger_content(content)
+    canonical = canonical_json(content)
+    return Item(
+        chain_id_for_tenant(envelope.tenant_id),
+        envelope.event_id,
+        envelope.event_type,
+        content["actor"],
+        str(envelope.tenant_id) if envelope.tenant_id else None,
+        envelope.occurred_at,
+        canonical,
+        " ".join(domain.entity_refs(canonical)),
+    )
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    """A lost race (the same event id appended by another appender), a deadlock or a serialisation failure."""
+    states = {
+        getattr(exc.orig, "sqlstate", None),
+        getattr(getattr(exc.orig, "__cause__", None), "sqlstate", None),
+    }
+    return bool(states & {"23505", "40P01", "40001"})
 
 
 class Appender:
-    """Appends a batch in one transaction: skip known event ids, lock the chain heads, seal, insert."""
+    """Appends batches of items to their chains; safe to run in several processes at once."""
 
-    def __init__(self, engine: Any, key_id: str, key: bytes) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        key_id: str,
+        key: bytes,
+        *,
+        attempts: int = 5,
+        max_cached_chains: int = 10_000,
+    ) -> None:
         self.engine = engine
         self.key_id = key_id
         self.key = key
+        self.attempts = attempts
+        self._frontiers: dict[str, MerkleFrontier] = {}
+        self._max_cached = max_cached_chains
 
-    async def append(self, items: list[dict[str, Any]]) -> int:
-        unique = {i["event_id"]: i for i in items}
+    async def append_raw(self, messages: Sequence[tuple[bytes, str]]) -> int:
+        """Append raw messages ``(bytes, topic)``: what the subscriber receives."""
+        return await self.append([item_of(raw, topic) for raw, topic in messages])
+
+    async def append(self, items: Sequence[Item]) -> int:
+        """Append what the ledger does not hold yet; return how many entries were added."""
+        first_copies: dict[uuid.UUID, Item] = {}
+        for item in items:
+            first_copies.setdefault(item.event_id, item)
+        unique = list(first_copies.values())
+        if not unique:
+            return 0
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await self._append(unique)
+            except DBAPIError as exc:
+                if attempt == self.attempts or not _retryable(exc):
+                    raise
+                log.info("ledger append lost a race (attempt %d); retrying", attempt)
+                await asyncio.sleep(0.02 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _append(self, items: list[Item]) -> int:
+        created: dict[str, MerkleFrontier] = {}
         async with self.engine.begin() as conn:
-            known = await store.known_event_ids(conn, list(unique))
-            fresh = [i for eid, i in unique.items() if eid not in known]
-            if not fresh:
+            await store.lock_chains(conn, {i.chain_id for i in items})
+            known = await store.known_event_ids(conn, [i.event_id for i in items])
+            by_chain: dict[str, list[Item]] = defaultdict(list)
+            for item in items:
+                if item.event_id not in known:
+                    by_chain[item.chain_id].append(item)
+            if not by_chain:
                 return 0
-            by_chain: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for item in fresh:
-                by_chain[item["chain_id"]].append(item)
-            heads = await store.lock_heads(conn, sorted(by_chain))
+            heads = await store.heads(conn, list(by_chain))
             sealed: list[LedgerEntry] = []
+            refs: list[str] = []
+            nodes: list[tuple[str, int, int, bytes]] = []
             for chain_id, chain_items in by_chain.items():
                 seq, prev = heads[chain_id]
+                frontier = await self._frontier(conn, chain_id, seq)
+                prev = prev if prev is not None else genesis_hash(chain_id)
                 for item in chain_items:
                     seq += 1
-                    entry = seal(chain_id, seq, prev, event_id=item["event_id"], event_type=item["event_type"],
-                                 actor=item["actor"], tenant_id=item["tenant_id"],
-                                 occurred_at=item["occurred_at"] or datetime.now(UTC), content=item["content"],
-                                 key_id=self.key_id, key=self.key)
+                    entry = seal(
+                        chain_id,
+                        seq,
+                        prev,
+                        event_id=item.event_id,
+                        event_type=item.event_type,
+                        actor=item.actor,
+                        tenant_id=item.tenant_id,
+                        occurred_at=item.occurred_at,
+                        content=item.content,
+                        key_id=self.key_id,
+                        key=self.key,
+                    )
                     sealed.append(entry)
+                    refs.append(item.refs)
                     prev = entry.entry_hash
-            await store.append(conn, sealed)
-            return len(sealed)
+                    for level, idx, node in frontier.append_leaf_hash(leaf_hash(entry.entry_hash)):
+                        if level:
+                            nodes.append((chain_id, level, idx, node))
+                created[chain_id] = frontier
+            new_chains = [c for c in by_chain if heads[c][0] == 0]
+            if new_chains:
+                await store.register_chains(conn, new_chains)
+            await store.insert_entries(conn, sealed, refs)
+            await store.insert_nodes(conn, nodes)
+        if len(self._frontiers) + len(created) > self._max_cached:
+            self._frontiers.clear()
+        self._frontiers.update(created)  # only once committed
+        return len(sealed)
+
+    async def _frontier(self, conn: Any, chain_id: str, size: int) -> MerkleFrontier:
+        """The chain's Merkle frontier at ``size``: cached, else from the stored nodes, else rebuilt."""
+        cached = self._frontiers.get(chain_id)
+        if cached is not None and cached.size == size:
+            return cached.copy()
+        if size == 0:
+            return MerkleFrontier()
+        needed = MerkleFrontier.nodes_needed(size)
+        found = await store.nodes(conn, chain_id, needed)
+        if all(n in found for n in needed):
+            return MerkleFrontier(size, [found[n] for n in needed])
+        # Only after someone removed rows behind the service's back: keep the ledger going (verification
+        # reports the damage), with a tree over the stored entry hashes and a zero leaf for each missing one.
+        log.error(
+            "audit chain %s: Merkle nodes missing at size %d; rebuilding its frontier from the entries",
+            chain_id,
+            size,
+        )
+        leaves = bytearray(_ZERO * size)
+        for seq, entry_hash in await store.entry_hashes(conn, chain_id, size):
+            leaves[(seq - 1) * 32 : seq * 32] = leaf_hash(entry_hash)
+        return MerkleFrontier.from_tree(MerkleTree.from_leaf_hashes(bytes(leaves)))
 
 
 def register(broker: KafkaBroker, settings: CommonSettings, appender: Appender, batch_size: int) -> None:
-    @broker.subscriber(pattern=ALL_TOPICS_PATTERN, batch=True, max_records=batch_size, batch_timeout_ms=5,
-                       **at_least_once(settings, "audit-ledger"))
+    @broker.subscriber(
+        pattern=ALL_TOPICS_PATTERN,
+        batch=True,
+        max_records=batch_size,
+        batch_timeout_ms=5,
+        **at_least_once(settings, "audit-ledger"),
+    )
     async def append_to_ledger(messages: list[bytes], message: KafkaMessage) -> None:
-        topics = [m.topic for m in message.raw_message] if isinstance(message.raw_message, tuple | list) \
+        topics = (
+            [m.topic for m in message.raw_message]
+            if isinstance(message.raw_message, tuple | list)
             else [""] * len(messages)
-        await appender.append([_item(raw, topic) for raw, topic in zip(messages, topics, strict=True)])
+        )
+        await appender.append_raw(list(zip(messages, topics, strict=True)))

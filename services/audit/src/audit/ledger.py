@@ -21,8 +21,9 @@ import hashlib
 import hmac as _hmac
 import json
 import math
+import operator
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "PLATFORM_CHAIN_ID",
     "LedgerEntry",
     "Verification",
+    "canonical_actor",
     "canonical_json",
     "chain_id_for_tenant",
     "compute_entry_hash",
@@ -43,6 +45,7 @@ __all__ = [
     "seal",
     "seal_envelope",
     "verify_chain",
+    "verify_rows",
 ]
 
 HASH_SIZE = 32
@@ -153,13 +156,61 @@ def canonical_json(value: Any) -> bytes:
     ECMAScript form (``1.0`` is ``1``, ``1e21`` is ``1e+21``). NaN, Infinity, lone surrogates and non-JSON
     types are refused. One deliberate difference from RFC 8785: integers are written exactly, however
     large, instead of being rounded through a double (an audit record should never lose digits).
+
+    Most values take a fast path through the C ``json`` encoder, used only where its output is provably the
+    same bytes (see :func:`_plain`); anything else goes through the reference emitter below.
     """
-    out: list[str] = []
-    _emit(value, out)
     try:
-        return "".join(out).encode("utf-8")
+        plain = _plain(value)
+    except _NotPlain:
+        out: list[str] = []
+        _emit(value, out)
+        text = "".join(out)
+    else:
+        text = _plain_dumps(plain)
+    try:
+        return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError("canonical JSON cannot hold lone surrogates") from exc
+
+
+class _NotPlain(Exception):
+    """The value needs the reference emitter."""
+
+
+#: ``json`` with sorted keys, no whitespace, only ``"``, ``\\`` and control characters escaped (the same C
+#: ``encode_basestring`` the reference emitter uses), ints as ``int.__repr__``.
+_plain_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"),
+                                check_circular=False).encode
+
+
+def _plain(value: Any) -> Any:
+    """``value`` rewritten so that ``_plain_dumps`` writes exactly its canonical form, or ``_NotPlain``.
+
+    That holds when every key is an ASCII string (then code-point order is UTF-16 order), every container is
+    a dict, list or tuple, and every number an int or a float that ``repr`` writes the ECMAScript way:
+    integral floats below 1e16 become ints (``1.0`` → ``1``, ``-0.0`` → ``0``), and other floats must lie in
+    [1e-4, 1e16), where ``repr`` and ECMAScript both use plain decimal notation with the shortest digits.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                raise _NotPlain
+            out[key] = _plain(item)
+        return out
+    if kind is list or kind is tuple:
+        return [_plain(item) for item in value]
+    if kind is float:
+        magnitude = abs(value)
+        if magnitude < 1e16 and value.is_integer():
+            return int(value)
+        if 1e-4 <= magnitude < 1e16:
+            return value
+    raise _NotPlain
 
 
 # Fast path for the actor, hashed once per entry on the verification hot path: a flat object whose values
@@ -169,7 +220,20 @@ _actor_cache: dict[tuple[tuple[Any, Any], ...], bytes] = {}
 _ACTOR_CACHE_LIMIT = 4096
 
 
+_actor_text_cache: dict[str, bytes] = {}
+
+
 def _actor_bytes(actor: Any) -> bytes:
+    if type(actor) is str:
+        # The actor as JSON text (e.g. PostgreSQL's jsonb output). Equal texts are equal JSON values, so
+        # their canonical forms are identical and can be cached by the text.
+        cached = _actor_text_cache.get(actor)
+        if cached is None:
+            cached = canonical_json(json.loads(actor))
+            if len(_actor_text_cache) >= _ACTOR_CACHE_LIMIT:
+                _actor_text_cache.clear()
+            _actor_text_cache[actor] = cached
+        return cached
     if type(actor) is dict:
         for key, value in actor.items():
             if type(key) is not str or (value is not None and type(value) is not str):
@@ -183,6 +247,11 @@ def _actor_bytes(actor: Any) -> bytes:
             _actor_cache[items] = cached
         return cached
     return canonical_json(actor)
+
+
+def canonical_actor(actor: Mapping[str, Any] | str) -> bytes:
+    """The canonical JSON of an actor (a dict, or its JSON text), as the entry hash covers it; cached."""
+    return _actor_bytes(actor)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -453,6 +522,41 @@ def verify_chain(
     ``on_hash`` receives each entry's *recomputed* hash as soon as it is known (before the entry's own
     checks), e.g. to feed a Merkle tree in the same pass.
     """
+    return _verify(entries, _ENTRY_FIELDS, keys, start_prev_hash, expected_first_seq, chain_id, check_content,
+                   on_hash)
+
+
+#: The fields of an entry in ``LedgerEntry`` order, in one C call.
+_ENTRY_FIELDS = operator.attrgetter(*LedgerEntry.__slots__)
+
+
+def verify_rows(
+    rows: Iterable[Sequence[Any]],
+    keys: Mapping[str, bytes] | None,
+    *,
+    start_prev_hash: bytes | None = None,
+    expected_first_seq: int = 1,
+    chain_id: str | None = None,
+    check_content: bool = False,
+    on_hash: Callable[[bytes], object] | None = None,
+) -> Verification:
+    """:func:`verify_chain` for rows rather than entries: each row holds the entry's fields in ``LedgerEntry``
+    order (``chain_id, seq, event_id, event_type, actor, tenant_id, occurred_at, content, prev_hash,
+    entry_hash, key_id, hmac``), e.g. a database record. ``actor`` may be a dict or its JSON text. The same
+    checks, in the same order, with the same results; no object is built per row."""
+    return _verify(rows, None, keys, start_prev_hash, expected_first_seq, chain_id, check_content, on_hash)
+
+
+def _verify(
+    entries: Iterable[Any],
+    fields: Callable[[Any], Sequence[Any]] | None,
+    keys: Mapping[str, bytes] | None,
+    start_prev_hash: bytes | None,
+    expected_first_seq: int,
+    chain_id: str | None,
+    check_content: bool,
+    on_hash: Callable[[bytes], object] | None,
+) -> Verification:
     macs: dict[str, _FastHmac] = {}
     prev = start_prev_hash
     trust_first_link = prev is None and expected_first_seq != 1
@@ -484,29 +588,27 @@ def verify_chain(
 
     for entry in entries:
         try:
+            (entry_chain, seq, event_id, event_type, actor, tenant, occurred_at, content, entry_prev,
+             stored_hash, key_id, stored_hmac) = entry if fields is None else fields(entry)
             if chain_id is None:
-                chain_id = entry.chain_id
+                chain_id = entry_chain
             if not chain_b:
                 chain_b = chain_id.encode()
                 pinned, want_tenant = _expected_tenant(chain_id)
                 if prev is None and not trust_first_link:
                     prev = genesis_hash(chain_id)
-            tenant = entry.tenant_id
-            content = entry.content
-            actor_b = actor_bytes(entry.actor)
-            eid_b = entry.event_id.encode()
-            type_b = entry.event_type.encode()
-            occ_b = entry.occurred_at.encode()
+            actor_b = actor_bytes(actor)
+            eid_b = event_id.encode()
+            type_b = event_type.encode()
+            occ_b = occurred_at.encode()
             if tenant is None:
                 tenant_b = b""
                 tenant_len = _NO_TENANT
             else:
                 tenant_b = tenant.encode()
                 tenant_len = len(tenant_b)
-            entry_prev = entry.prev_hash
             if len(entry_prev) != HASH_SIZE:
                 return broken("malformed entry", f"prev_hash is {len(entry_prev)} bytes, not 32")
-            seq = entry.seq
             computed = sha(
                 join(
                     (
@@ -536,8 +638,8 @@ def verify_chain(
             return broken("malformed entry", f"{type(exc).__name__}: {exc}")
         if on_hash is not None:
             on_hash(computed)
-        if entry.chain_id != chain_id:
-            return broken("chain id mismatch", f"entry belongs to {entry.chain_id!r}, not {chain_id!r}")
+        if entry_chain != chain_id:
+            return broken("chain id mismatch", f"entry belongs to {entry_chain!r}, not {chain_id!r}")
         if seq != expected:
             if type(seq) is not int:
                 return broken("malformed entry", f"seq is {type(seq).__name__}")
@@ -549,19 +651,18 @@ def verify_chain(
                 prev = entry_prev
             else:
                 return broken("prev hash mismatch", "prev_hash is not the previous entry's hash")
-        if computed != entry.entry_hash:
+        if computed != stored_hash:
             return broken("hash mismatch", "recomputed entry hash differs from the stored one")
         if pinned and tenant != want_tenant:
             return broken("tenant mismatch", f"tenant {tenant!r} on chain {chain_id!r}")
         if check_hmac:
-            key_id = entry.key_id
             mac = macs.get(key_id)
             if mac is None:
                 key = keys.get(key_id)  # type: ignore[union-attr]
                 if key is None:
                     return broken("unknown key id", f"no HMAC key {key_id!r}")
                 mac = macs[key_id] = _FastHmac(key)
-            if not compare(mac.digest(entry_prev + computed), entry.hmac):
+            if not compare(mac.digest(entry_prev + computed), stored_hmac):
                 return broken("hmac mismatch", f"HMAC under key {key_id!r} does not match")
         if check_content:
             try:

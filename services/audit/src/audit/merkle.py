@@ -377,6 +377,10 @@ class MerkleFrontier:
     def size(self) -> int:
         return self._size
 
+    def copy(self) -> MerkleFrontier:
+        """An independent frontier in the same state (to append tentatively, e.g. inside a transaction)."""
+        return MerkleFrontier(self._size, self._hashes)
+
     def root(self) -> bytes:
         return fold_range(self._hashes) if self._hashes else EMPTY_ROOT
 

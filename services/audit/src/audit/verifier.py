@@ -69,7 +69,9 @@ __all__ = [
     "VerifierReport",
     "benchmark",
     "entry_from_json",
+    "entry_line",
     "entry_to_json",
+    "export_header",
     "export_ledger",
     "export_lines",
     "load_tree_heads",
@@ -153,6 +155,16 @@ def _content(obj: Mapping[str, Any]) -> bytes:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def export_header(chain_id: str, *, first_seq: int = 1, start_prev_hash: bytes | None = None) -> str:
+    """The export's first line (with its newline)."""
+    return next(export_lines((), chain_id=chain_id, first_seq=first_seq, start_prev_hash=start_prev_hash))
+
+
+def entry_line(entry: LedgerEntry) -> str:
+    """One entry as one export line (with its newline)."""
+    return _dumps(entry_to_json(entry)) + "\n"
 
 
 def export_lines(

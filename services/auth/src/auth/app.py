@@ -1,7 +1,9 @@
-"""Wiring of the auth service: settings, database, broker, signing key, routes."""
+"""Wiring of the auth service: settings, database, broker, signing keys, revocations, routes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from auth import api, store
-from auth.keys import SigningKey
+from auth.keys import SigningKeys
 from auth.service import IdentityService
 from auth.settings import AuthSettings
 from shared.db import create_engine, migrate
@@ -17,7 +19,7 @@ from shared.health import health_router
 from shared.kafka import ensure_topics, make_broker
 from shared.observability import configure_logging
 from shared.settings import load_or_exit
-from shared.tokens import TokenVerifier
+from shared.tokens import TokenVerifier, watch_revocations
 from shared.web import install_error_handlers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -31,17 +33,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await migrate(engine, MIGRATIONS, store.SCHEMA)
     await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-auth")
-    await broker.start()
-    key = SigningKey.from_pem(settings.jwt_private_key.get_secret_value())
+    keys = SigningKeys.from_pem(settings.jwt_private_key.get_secret_value())
     verifier = TokenVerifier(settings.auth_jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
-    verifier.load_jwks({"keys": [key.public_jwk()]})
-    app.state.signing_key = key
+    verifier.load_jwks(keys.jwks())
+    identity = IdentityService(settings, engine, broker, keys, verifier)
+    # This service reads its own database for the snapshot and hears other replicas through the events.
+    verifier.use_snapshot_source(identity.revocation_snapshot)
+    watch_revocations(broker, verifier, settings)
+    await broker.start()
+    await verifier.sync_revocations()
+    housekeeping = asyncio.create_task(identity.housekeeping_forever())
+    app.state.signing_keys = keys
     app.state.token_verifier = verifier
-    app.state.identity = IdentityService(settings, engine, broker, key)
+    app.state.identity = identity
     app.state.ready = True
     try:
         yield
     finally:
+        app.state.ready = False
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
         await broker.stop()
         await engine.dispose()
 
@@ -53,6 +65,8 @@ def create_app() -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     install_error_handlers(app)
+    api.install_identity_errors(app)
     app.include_router(api.router)
+    app.include_router(api.internal)
     app.include_router(health_router(lambda: {"ready": app.state.ready}))
     return app

@@ -1,10 +1,15 @@
-"""The Ed25519 key that signs access tokens, and its public JWK (kid = RFC 7638 thumbprint)."""
+"""The Ed25519 keys that sign access tokens, and their public JWKs (kid = RFC 7638 thumbprint).
+
+``JWT_PRIVATE_KEY`` holds one or more PEM blocks, newest first: the first signs, every one is published
+in the JWKS, so tokens signed by a retiring key keep verifying until they expire (see docs/identity.md).
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +45,33 @@ class SigningKey:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         return {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw), "kid": self.kid, "alg": "EdDSA", "use": "sig"}
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """The signing key (first) and the retiring keys that still verify (the rest)."""
+
+    keys: tuple[SigningKey, ...]
+
+    @classmethod
+    def from_pem(cls, pems: str) -> SigningKeys:
+        blocks = _PEM_BLOCK.findall(pems.replace("\\n", "\n"))
+        if not blocks:
+            raise SecretProblem("JWT_PRIVATE_KEY is not a readable PEM private key")
+        keys = tuple(SigningKey.from_pem(block) for block in blocks)
+        if len({k.kid for k in keys}) != len(keys):
+            raise SecretProblem("JWT_PRIVATE_KEY lists the same key twice")
+        return cls(keys)
+
+    @property
+    def current(self) -> SigningKey:
+        return self.keys[0]
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.public_jwk() for k in self.keys]}
 
 
 def generate_pem() -> str:

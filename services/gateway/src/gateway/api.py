@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from gateway import store
-from gateway.intake import Intake
+from gateway import admission, store
+from gateway.intake import Answer, Intake, KeyReused, fingerprint
 from gateway.proxy import forward
 from shared.events.screening import CompleteBloodCount
 from shared.tokens import Principal, Role
@@ -33,7 +33,15 @@ class ClassifyRequest(BaseModel):
 
 
 async def limited(request: Request, rule: str, who: str) -> None:
-    verdict = await request.app.state.rate_limits.hit(rule, who)
+    """Count a request of ``who`` against ``rule`` (see gateway.ratelimit); over it: 429 with Retry-After.
+
+    A download whose path ends in ``/export`` counts against the ``export`` rule whatever route serves it.
+    """
+    limits = request.app.state.rate_limits
+    limits.configure(request.app.state.settings)
+    if rule == "default" and request.url.path.rstrip("/").rsplit("/", 1)[-1] == "export":
+        rule = "export"
+    verdict = await limits.hit(rule, who)
     if not verdict.allowed:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many requests",
                             headers={"Retry-After": str(verdict.retry_after_seconds)})
@@ -43,35 +51,94 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+           description="Retrying with the same key (per organisation) returns the first screening"),
+]
+
+
+def _answer(answer: Answer) -> JSONResponse:
+    url = f"/api/screenings/{answer.screening_id}"
+    headers = {"Location": url} | ({"Idempotent-Replayed": "true"} if answer.replayed else {})
+    if not answer.recorded:
+        return JSONResponse({"id": str(answer.screening_id), "status": "pending", "url": url}, status_code=202,
+                            headers=headers)
+    outcome: dict[str, Any] = answer.outcome or {"status": "recorded"}
+    return JSONResponse({"id": str(answer.screening_id), "url": url, **outcome}, headers=headers)
+
+
+def _key_reused() -> JSONResponse:
+    return JSONResponse(
+        {"detail": "invalid request", "errors": [{
+            "field": "header.Idempotency-Key", "type": "idempotency_key_reused",
+            "message": "this Idempotency-Key was used for a different request (patient or CBC)"}]},
+        status_code=422)
+
+
 @router.post("/api/screening/classify", tags=["screening"],
-             responses={202: {"description": "Accepted; not yet recorded. Poll the URL given."}})
-async def classify(body: ClassifyRequest, request: Request, principal: Screener) -> JSONResponse:
+             responses={202: {"description": "Accepted; not yet recorded. Poll the URL given."},
+                        403: {"description": "Refused: the organisation requires an active consent"},
+                        409: {"description": "Refused: patient details differ from the patient's record"}})
+async def classify(body: ClassifyRequest, request: Request, principal: Screener,
+                   idempotency_key: IdempotencyKey = None) -> Response:
+    """Screen a CBC. Checked first (consent, patient details) by the screening service; nothing is accepted
+    or published when refused."""
     await limited(request, "classify", str(principal.user_id))
+    tenant = tenant_of(principal)
     intake: Intake = request.app.state.intake
-    command = intake.command(principal, tenant_of(principal), body.patient.external_id, body.patient.name,
-                             body.cbc)
-    screening_id = command.payload.screening_id
-    url = f"/api/screenings/{screening_id}"
-    outcome = await intake.submit(command, request.app.state.settings.classify_wait_seconds)
-    if outcome is None:
-        return JSONResponse({"id": str(screening_id), "status": "pending", "url": url}, status_code=202,
-                            headers={"Location": url})
-    return JSONResponse({"id": str(screening_id), "url": url, **outcome.model_dump(mode="json")},
-                        headers={"Location": url})
+    wait = request.app.state.settings.classify_wait_seconds
+    request_fingerprint = fingerprint(body.patient.external_id, body.cbc) if idempotency_key else None
+    try:
+        if idempotency_key:
+            replay = await intake.replay(tenant, idempotency_key, request_fingerprint, wait)
+            if replay is not None:
+                return _answer(replay)
+        admitted = await admission.admit(
+            request, external_id=body.patient.external_id,
+            name_ciphertext=intake.cipher.encrypt(body.patient.name) if body.patient.name else None, cbc=body.cbc)
+        if not isinstance(admitted, admission.Admitted):
+            return admitted
+        command = intake.command(principal, tenant, body.patient.external_id, body.cbc,
+                                 patient_id=admitted.patient_id, consent_id=admitted.consent_id)
+        return _answer(await intake.submit(command, wait, idempotency_key=idempotency_key,
+                                           request_fingerprint=request_fingerprint))
+    except KeyReused:
+        return _key_reused()
 
 
 @router.get("/api/screenings/{screening_id}", tags=["screening"])
 async def screening(screening_id: uuid.UUID, request: Request, principal: Authenticated) -> Response:
+    await limited(request, "default", str(principal.user_id))
     response = await forward(request.app.state.http, request.app.state.settings.screening_url, request)
-    if response.status_code == status.HTTP_404_NOT_FOUND and principal.org_id is not None:
+    if (response.status_code == status.HTTP_404_NOT_FOUND and principal.org_id is not None
+            and principal.role in (Role.LAB_TECHNICIAN, Role.ORG_ADMIN)):
         async with request.app.state.engine.begin() as conn:
             if await store.is_pending(conn, screening_id, principal.org_id):
                 return JSONResponse({"id": str(screening_id), "status": "pending"}, status_code=202)
     return response
 
 
-@router.api_route("/api/screening/{rest:path}", methods=["GET"], tags=["screening"])
+@router.api_route("/api/screening/{rest:path}", methods=["GET", "PUT"], tags=["screening"])
 async def screening_routes(rest: str, request: Request, principal: Authenticated) -> Response:
+    """History, export and the organisation's screening policy, answered by the screening service."""
+    await limited(request, "default", str(principal.user_id))
+    return await forward(request.app.state.http, request.app.state.settings.screening_url, request)
+
+
+RECORD_METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+
+
+@router.api_route("/api/labs", methods=RECORD_METHODS, tags=["records"])
+@router.api_route("/api/labs/{rest:path}", methods=RECORD_METHODS, tags=["records"])
+@router.api_route("/api/doctors", methods=RECORD_METHODS, tags=["records"])
+@router.api_route("/api/doctors/{rest:path}", methods=RECORD_METHODS, tags=["records"])
+@router.api_route("/api/patients", methods=RECORD_METHODS, tags=["records"])
+@router.api_route("/api/patients/{rest:path}", methods=RECORD_METHODS, tags=["records"])
+@router.api_route("/api/consents", methods=RECORD_METHODS, tags=["records"])
+@router.api_route("/api/consents/{rest:path}", methods=RECORD_METHODS, tags=["records"])
+async def record_routes(request: Request, principal: Authenticated, rest: str = "") -> Response:
+    """Labs, doctors, patients and consents of the caller's organisation, answered by the screening service."""
     await limited(request, "default", str(principal.user_id))
     return await forward(request.app.state.http, request.app.state.settings.screening_url, request)
 
@@ -85,7 +152,12 @@ async def audit_routes(request: Request, principal: Authenticated, rest: str = "
 
 @router.api_route("/api/auth/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], tags=["auth"])
 async def auth_routes(rest: str, request: Request) -> Response:
-    """Login and refresh are rate-limited per client address; the auth service verifies everything else."""
-    rule = {"login": "login", "refresh": "refresh"}.get(rest, "default")
+    """Rate-limited per client address (login, refresh and MFA codes each by their own rule); the auth
+    service verifies everything else. Only ``/api/auth/...`` is reachable: dot segments are refused, so no
+    path can be made to reach the auth service's internal routes."""
+    if any(segment in (".", "..") for segment in rest.split("/")):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
+    rule = {"login": "login", "refresh": "refresh", "logout": "refresh", "mfa/verify": "mfa",
+            "mfa/verify-setup": "mfa", "mfa/disable": "mfa", "mfa/backup-codes": "mfa"}.get(rest.strip("/"), "default")
     await limited(request, rule, client_ip(request))
     return await forward(request.app.state.http, request.app.state.settings.auth_url, request)

@@ -24,7 +24,7 @@ from shared.health import health_router
 from shared.kafka import ensure_topics, make_broker
 from shared.observability import configure_logging
 from shared.settings import load_or_exit
-from shared.tokens import TokenVerifier
+from shared.tokens import TokenVerifier, watch_revocations
 from shared.web import install_error_handlers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -41,6 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker = make_broker(settings, "clinomic-gateway")
     outcomes = Outcomes()
     handlers.register(broker, settings, outcomes, engine)
+    watch_revocations(broker, verifier, settings)  # identity: deactivations, revoked sessions
     await broker.start()
     intake = Intake(engine, broker, PhiCipher(settings.phi_keys()), outcomes)
     redelivery = asyncio.create_task(intake.redeliver_forever(settings.redeliver_after_seconds))

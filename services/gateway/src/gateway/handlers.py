@@ -24,8 +24,9 @@ def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, 
                        group_id=f"gateway-{uuid.uuid4().hex}", auto_offset_reset="latest",
                        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, decoder=raw_body)
     async def screening_recorded(messages: list[bytes]) -> None:
-        recorded = [RecordedEnvelope.model_validate_json(raw) for raw in messages]
-        for envelope in recorded:
-            outcomes.resolve(envelope.payload.screening_id, envelope.payload)
+        recorded = {e.payload.screening_id: e for e in (RecordedEnvelope.model_validate_json(r) for r in messages)}
+        for screening_id, envelope in recorded.items():
+            outcomes.resolve(screening_id, envelope.payload)
         async with engine.begin() as conn:
-            await store.mark_recorded(conn, [e.payload.screening_id for e in recorded])
+            await store.mark_recorded(conn, list(recorded),
+                                      [e.payload.model_dump_json() for e in recorded.values()])

@@ -1,14 +1,20 @@
-"""Accepting a screening: encrypt the name, record the command durably, publish it, await the outcome.
+"""Accepting a screening: record the command durably, publish it, await the outcome.
 
 A screening is *accepted* once its command is committed to the intake table; from then on the redelivery
 loop re-publishes it until the screening service reports it recorded, whatever happens to the broker.
+The command names the patient by external id and by the record id the admission check resolved; the
+patient's name is not in it (the screening service stored it, encrypted, when it admitted the request).
+A command accepted with an ``Idempotency-Key`` is found again by that key: a retry gets the first outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +32,24 @@ from shared.tokens import Principal
 log = logging.getLogger(__name__)
 
 
+class KeyReused(Exception):
+    """The ``Idempotency-Key`` was used for a different request (patient or CBC) by this organisation."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    screening_id: uuid.UUID
+    outcome: dict[str, Any] | None  # the ScreeningRecorded payload (JSON); None while not recorded
+    recorded: bool
+    replayed: bool = False
+
+
+def fingerprint(external_id: str, cbc: ev.CompleteBloodCount) -> str:
+    """What an idempotent retry must repeat: the patient's external id and the CBC (no PHI)."""
+    canonical = json.dumps({"external_id": external_id, "cbc": cbc.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class Intake:
     def __init__(self, engine: AsyncEngine, broker: KafkaBroker, cipher: PhiCipher, outcomes: Outcomes) -> None:
         self.engine = engine
@@ -33,23 +57,33 @@ class Intake:
         self.cipher = cipher
         self.outcomes = outcomes
 
-    def command(self, principal: Principal, tenant: uuid.UUID, external_id: str, name: str | None,
-                cbc: ev.CompleteBloodCount) -> Envelope[Any]:
+    def command(self, principal: Principal, tenant: uuid.UUID, external_id: str, cbc: ev.CompleteBloodCount, *,
+                patient_id: uuid.UUID | None = None, consent_id: uuid.UUID | None = None) -> Envelope[Any]:
         payload = ev.ScreeningRequestedV1(
             screening_id=uuid.uuid4(),
-            patient=ev.PatientReference(external_id=external_id,
-                                        name_ciphertext=self.cipher.encrypt(name) if name else None),
+            patient=ev.PatientReference(external_id=external_id, patient_id=patient_id),
             cbc=cbc,
             requested_at=datetime.now(UTC),
+            consent_id=consent_id,
         )
         return new_envelope(payload, event_type=ev.SCREENING_REQUESTED[0], event_version=ev.SCREENING_REQUESTED[1],
                             tenant_id=tenant, actor=Actor(user_id=principal.user_id, role=principal.role))
 
-    async def submit(self, command: Envelope[Any], wait_seconds: float) -> ev.ScreeningRecordedV1 | None:
-        """Accept, publish and wait; ``None`` means accepted but not recorded within ``wait_seconds``."""
+    async def submit(self, command: Envelope[Any], wait_seconds: float, *, idempotency_key: str | None = None,
+                     request_fingerprint: str | None = None) -> Answer:
+        """Accept, publish and wait (``outcome`` None: accepted, not recorded within ``wait_seconds``).
+
+        With a key this organisation already used, nothing is accepted: the first screening is answered.
+        """
         screening_id = command.payload.screening_id
         async with self.engine.begin() as conn:
-            await store.accept(conn, screening_id, command.tenant_id, encode(command))
+            inserted = await store.accept(conn, screening_id, command.tenant_id, encode(command),
+                                          idempotency_key=idempotency_key, fingerprint=request_fingerprint)
+        if not inserted:
+            assert idempotency_key is not None
+            replay = await self.replay(command.tenant_id, idempotency_key, request_fingerprint, wait_seconds)
+            assert replay is not None
+            return replay
         outcome = self.outcomes.expect(screening_id)
         try:
             await asyncio.wait_for(
@@ -57,14 +91,39 @@ class Intake:
             )
         except Exception:  # the broker is down: the command is safe in the intake, the redeliverer resends it
             log.warning("broker unavailable; screening %s will be redelivered", screening_id)
-            self.outcomes.forget(screening_id)
-            return None
+            self.outcomes.forget(screening_id, outcome)
+            return Answer(screening_id, None, False)
         try:
-            return await asyncio.wait_for(outcome, wait_seconds)
+            recorded = await asyncio.wait_for(outcome, wait_seconds)
+            return Answer(screening_id, recorded.model_dump(mode="json"), True)
         except TimeoutError:
-            return None
+            return Answer(screening_id, None, False)
         finally:
-            self.outcomes.forget(screening_id)
+            self.outcomes.forget(screening_id, outcome)
+
+    async def replay(self, tenant: uuid.UUID, key: str, request_fingerprint: str | None,
+                     wait_seconds: float) -> Answer | None:
+        """The screening first accepted under ``key`` (waiting for its outcome a while), or None if none was."""
+        async with self.engine.begin() as conn:
+            keyed = await store.by_idempotency_key(conn, tenant, key)
+        if keyed is None:
+            return None
+        if keyed.fingerprint != request_fingerprint:
+            raise KeyReused
+        if keyed.recorded_at is not None:
+            return Answer(keyed.screening_id, keyed.outcome, True, replayed=True)
+        outcome = self.outcomes.expect(keyed.screening_id)
+        try:
+            async with self.engine.begin() as conn:  # it may have been recorded before we started waiting
+                again = await store.by_idempotency_key(conn, tenant, key)
+            if again is not None and again.recorded_at is not None:
+                return Answer(again.screening_id, again.outcome, True, replayed=True)
+            recorded = await asyncio.wait_for(outcome, wait_seconds)
+            return Answer(keyed.screening_id, recorded.model_dump(mode="json"), True, replayed=True)
+        except TimeoutError:
+            return Answer(keyed.screening_id, None, False, replayed=True)
+        finally:
+            self.outcomes.forget(keyed.screening_id, outcome)
 
     async def redeliver_forever(self, older_than_seconds: float, interval_seconds: float = 2.0) -> None:
         """Re-publish accepted commands that have not been recorded; consumers ignore the duplicates."""

@@ -8,20 +8,30 @@ from typing import Any
 
 
 class Outcomes:
-    """Futures resolved by the recorded-events subscriber; one per classify request still waiting."""
+    """Futures resolved by the recorded-events subscriber; several requests may wait for one screening
+    (a retried request with the same ``Idempotency-Key`` waits for the first one's outcome)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[uuid.UUID, asyncio.Future[Any]] = {}
+        self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
 
     def expect(self, screening_id: uuid.UUID) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[screening_id] = future
+        self._waiting.setdefault(screening_id, []).append(future)
         return future
 
-    def forget(self, screening_id: uuid.UUID) -> None:
-        self._waiting.pop(screening_id, None)
+    def forget(self, screening_id: uuid.UUID, future: asyncio.Future[Any] | None = None) -> None:
+        """Stop waiting: one future (when given), else every waiter of the screening."""
+        if future is None:
+            self._waiting.pop(screening_id, None)
+            return
+        waiters = self._waiting.get(screening_id)
+        if waiters is not None:
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                del self._waiting[screening_id]
 
     def resolve(self, screening_id: uuid.UUID, outcome: Any) -> None:
-        future = self._waiting.pop(screening_id, None)
-        if future is not None and not future.done():
-            future.set_result(outcome)
+        for future in self._waiting.pop(screening_id, []):
+            if not future.done():
+                future.set_result(outcome)

@@ -14,11 +14,17 @@ class GatewaySettings(CommonSettings):
     redis_url: str | None = None
     classify_wait_seconds: float = Field(5.0, description="How long classify waits before answering 202")
     redeliver_after_seconds: float = Field(15.0, description="Re-publish accepted screenings not recorded by then")
-    max_body_bytes: int = 1_048_576
+    admission_timeout_seconds: float = Field(5.0, description="How long classify waits for its admission check")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
+    # Rate limits in the `limits` notation ("30/minute", "5/second;100/hour"); per client address for the
+    # auth routes, per user elsewhere. Shared by all replicas through Redis when REDIS_URL is set.
     rate_limit_login: str = "30/minute"
     rate_limit_refresh: str = "60/minute"
+    rate_limit_mfa: str = Field("10/minute", description="MFA code submissions (verify, enrol, disable)")
     rate_limit_classify: str = "100000/minute"
+    rate_limit_export: str = Field("10/minute", description="Exports (any route whose path ends in /export)")
     rate_limit_default: str = "1200/minute"
+    rate_limit_namespace: str = Field("clinomic", description="Prefix of the rate-limit keys in Redis")
     port: int = 8000
 
     def check_secrets(self) -> None:

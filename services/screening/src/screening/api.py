@@ -1,35 +1,46 @@
-"""HTTP routes of the screening service (reached through the gateway): a tenant's screening records."""
+"""HTTP routes of the screening service (reached through the gateway): screenings, export, policy, admission.
+
+A doctor sees only the screenings of patients referred to them; org admins and lab technicians see all of
+their organisation's. ``POST /internal/admissions`` is not routed by the gateway to clients: the gateway
+calls it (with the caller's token) before accepting a classify request.
+"""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from screening import store
-from shared.crypto import PhiCipher
-from shared.db import in_schema, tenant_schema
-from shared.events.screening import Assessment
-from shared.tokens import Principal, Role
-from shared.web import require_roles, tenant_of
+from screening import domain, store
+from screening import record_store as rs
+from screening.access import ADMIN, CLINICIANS, ORG_ROLES, RECORD_KEEPERS, Tenant, tenant
+from shared.events import records as ev
+from shared.events.screening import Assessment, Sex
 
 router = APIRouter(tags=["screenings"])
-CLINICAL_ROLES = (Role.ORG_ADMIN, Role.LAB_TECHNICIAN, Role.DOCTOR)
-Clinician = Annotated[Principal, Depends(require_roles(*CLINICAL_ROLES))]
+Clinician = Annotated[Tenant, Depends(tenant(*CLINICIANS))]
+Exporter = Annotated[Tenant, Depends(tenant(*ADMIN))]
+Member = Annotated[Tenant, Depends(tenant(*ORG_ROLES))]
+Screener = Annotated[Tenant, Depends(tenant(*RECORD_KEEPERS))]
+EXPORT_LIMIT = 10_000
 
 
 class Screening(BaseModel):
     id: uuid.UUID
     status: str
+    patient_id: uuid.UUID
     patient_external_id: str
     patient_name: str | None
     cbc: dict[str, Any]
     assessment: Assessment | None
     rejection_reason: str | None
+    lab_id: uuid.UUID | None
+    doctor_id: uuid.UUID | None
+    consent_id: uuid.UUID | None
     requested_at: datetime
     recorded_at: datetime
 
@@ -39,55 +50,214 @@ class ScreeningPage(BaseModel):
     next_cursor: str | None
 
 
-def _present(row: store.NewScreening, cipher: PhiCipher) -> Screening:
-    assessment = store.as_json(row.assessment)
+def _present(row: store.NewScreening, t: Tenant) -> Screening:
+    assert row.patient_id is not None
     return Screening(
-        id=row.id, status=row.status, patient_external_id=row.patient_external_id,
-        patient_name=cipher.decrypt(row.patient_name_ciphertext) if row.patient_name_ciphertext else None,
-        cbc=store.as_json(row.cbc), assessment=assessment, rejection_reason=row.rejection_reason,
-        requested_at=row.requested_at, recorded_at=row.recorded_at,
+        id=row.id, status=row.status, patient_id=row.patient_id, patient_external_id=row.patient_external_id,
+        patient_name=t.vault.open(row.patient_name_ciphertext), cbc=store.as_json(row.cbc),
+        assessment=store.as_json(row.assessment), rejection_reason=row.rejection_reason, lab_id=row.lab_id,
+        doctor_id=row.doctor_id, consent_id=row.consent_id, requested_at=row.requested_at,
+        recorded_at=row.recorded_at,
     )
 
 
-def _cursor(row: store.NewScreening) -> str:
-    return base64.urlsafe_b64encode(f"{row.recorded_at.isoformat()}|{row.id}".encode()).decode()
+def history_filter(
+    patient_id: uuid.UUID | None = None,
+    patient_external_id: str | None = None,
+    lab_id: uuid.UUID | None = None,
+    doctor_id: uuid.UUID | None = None,
+    risk_class: Annotated[int | None, Query(ge=1, le=3)] = None,
+    since: Annotated[datetime | None, Query(description="Recorded at or after (ISO 8601; UTC if no zone)")] = None,
+    until: Annotated[datetime | None, Query(description="Recorded before (ISO 8601; UTC if no zone)")] = None,
+) -> store.HistoryFilter:
+    return store.HistoryFilter(patient_id, patient_external_id, lab_id, doctor_id, risk_class,
+                               domain.as_utc(since), domain.as_utc(until))
 
 
-def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(at), uuid.UUID(ident)
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "cursor is not one this API issued") from None
+Filter = Annotated[store.HistoryFilter, Depends(history_filter)]
+
+
+async def _viewed(t: Tenant, conn: Any, endpoint: str, items: list[Screening]) -> None:
+    named = [s for s in items if s.patient_name is not None]
+    if named:
+        await t.emit(conn, ev.PhiViewedV1(resource="screening", endpoint=endpoint,
+                                          patient_ids=sorted({s.patient_id for s in named}),
+                                          record_count=len(named)))
 
 
 @router.get("/api/screening/history", response_model=ScreeningPage)
-async def history(
-    request: Request, principal: Clinician,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
-    patient_external_id: str | None = None,
-) -> ScreeningPage:
-    org = tenant_of(principal)
-    registry: store.TenantRegistry = request.app.state.registry
-    if not registry.exists(org):
-        return ScreeningPage(items=[], next_cursor=None)
-    async with in_schema(registry.engine, tenant_schema(org)) as conn:
-        rows = await store.history(conn, limit=limit, before=_parse_cursor(cursor) if cursor else None,
-                                   patient_external_id=patient_external_id)
-    cipher = request.app.state.cipher
-    return ScreeningPage(items=[_present(r, cipher) for r in rows],
-                         next_cursor=_cursor(rows[-1]) if len(rows) == limit else None)
+async def history(t: Clinician, where: Filter, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                  cursor: str | None = None) -> ScreeningPage:
+    try:
+        before = domain.decode_cursor(cursor) if cursor else None
+    except domain.BadCursor as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    async with t.tx() as conn:
+        rows = await store.history(conn, limit=limit, before=before, where=where, doctor_user=t.doctor_user)
+        items = [_present(r, t) for r in rows]
+        await _viewed(t, conn, "history", items)
+    return ScreeningPage(items=items, next_cursor=domain.encode_cursor(rows[-1].recorded_at, rows[-1].id)
+                         if len(rows) == limit else None)
+
+
+@router.get("/api/screening/export", tags=["screenings"],
+            responses={200: {"content": {"text/csv": {}}, "description": "CSV, names included"}})
+async def export(t: Exporter, where: Filter) -> Response:
+    """The organisation's screenings (newest first, at most 10 000) as CSV; the export is an event."""
+    async with t.tx() as conn:
+        rows = await store.history(conn, limit=EXPORT_LIMIT, before=None, where=where, doctor_user=t.doctor_user)
+        items = [_present(r, t) for r in rows]
+        await t.emit(conn, ev.RecordsExportedV1(resource="screenings", format="csv", row_count=len(items),
+                                                patient_count=len({s.patient_id for s in items}),
+                                                filters=where.used()))
+    body = domain.csv_text(
+        {"screening_id": s.id, "recorded_at": s.recorded_at, "requested_at": s.requested_at, "status": s.status,
+         "patient_id": s.patient_id, "patient_external_id": s.patient_external_id, "patient_name": s.patient_name,
+         "lab_id": s.lab_id, "doctor_id": s.doctor_id,
+         "label": s.assessment.label.value if s.assessment else None,
+         "risk_class": int(s.assessment.risk_class) if s.assessment else None,
+         "p_normal": s.assessment.probabilities.normal if s.assessment else None,
+         "p_borderline": s.assessment.probabilities.borderline if s.assessment else None,
+         "p_deficient": s.assessment.probabilities.deficient if s.assessment else None,
+         "model_version": s.assessment.model.version if s.assessment else None}
+        for s in items
+    )
+    return Response(body, media_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": 'attachment; filename="screenings.csv"'})
 
 
 @router.get("/api/screenings/{screening_id}", response_model=Screening)
-async def get_screening(screening_id: uuid.UUID, request: Request, principal: Clinician) -> Screening:
-    org = tenant_of(principal)
-    registry: store.TenantRegistry = request.app.state.registry
-    row = None
-    if registry.exists(org):
-        async with in_schema(registry.engine, tenant_schema(org)) as conn:
-            row = await store.screening(conn, screening_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such screening")
-    return _present(row, request.app.state.cipher)
+async def get_screening(screening_id: uuid.UUID, t: Clinician) -> Screening:
+    async with t.tx() as conn:
+        row = await store.screening(conn, screening_id, doctor_user=t.doctor_user)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such screening")
+        item = _present(row, t)
+        await _viewed(t, conn, "get_screening", [item])
+    return item
+
+
+# -- policy ----------------------------------------------------------------------------------------------
+
+
+class Policy(BaseModel):
+    consent_required: bool = Field(description="Classify is refused without an active consent of consent_type")
+    consent_type: str
+    updated_by: uuid.UUID | None
+    updated_at: datetime
+
+
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    consent_required: bool
+    consent_type: str = Field("screening", pattern=r"^[a-z][a-z0-9_]{0,39}$")
+
+
+@router.get("/api/screening/policy", response_model=Policy, tags=["policy"])
+async def get_policy(t: Member) -> Policy:
+    async with t.tx() as conn:
+        return Policy.model_validate(await rs.policy(conn))
+
+
+@router.put("/api/screening/policy", response_model=Policy, tags=["policy"])
+async def put_policy(body: PolicyIn, t: Exporter) -> Policy:
+    async with t.tx() as conn:
+        before = await rs.policy(conn)
+        row = await rs.set_policy(conn, consent_required=body.consent_required, consent_type=body.consent_type,
+                                  updated_by=t.principal.user_id)
+        if domain.changed_fields(before, body.model_dump()):
+            await t.emit(conn, ev.ConsentPolicyChangedV1(consent_required=body.consent_required,
+                                                         consent_type=body.consent_type))
+    return Policy.model_validate(row)
+
+
+# -- admission -------------------------------------------------------------------------------------------
+
+
+class AdmissionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str = Field(min_length=1, max_length=64)
+    name_ciphertext: str | None = Field(None, description="The gateway's Fernet ciphertext of the name")
+    sex: Sex | None = None
+    age: float | None = None
+
+
+class Admission(BaseModel):
+    patient_id: uuid.UUID
+    consent_id: uuid.UUID | None
+
+
+REFUSALS = {
+    "consent_required": (status.HTTP_403_FORBIDDEN,
+                         "screening refused: no active consent is recorded for this patient and your "
+                         "organisation's policy requires one; record it with POST /api/consents"),
+    "patient_details_mismatch": (status.HTTP_409_CONFLICT,
+                                 "screening refused: the patient details given differ from the patient's record; "
+                                 "a screening never changes a patient: correct the request, or update the "
+                                 "patient with PATCH /api/patients/{id}"),
+}
+
+
+@router.post("/internal/admissions", response_model=Admission, tags=["internal"])
+async def admit(body: AdmissionIn, t: Screener) -> Response:
+    """May this classify request be accepted? Creates the patient when new and the policy needs no consent."""
+    try:
+        name = t.vault.open(body.name_ciphertext)
+    except ValueError:
+        return JSONResponse({"detail": "the patient name is not readable with this service's keys"}, 503)
+    name_index = t.vault.name_index(t.org, name) if name is not None else None
+    sex = body.sex.value if body.sex else None
+
+    def judge(facts: Any) -> domain.Admitted | domain.Refused:
+        stored = None if facts["patient_id"] is None else domain.StoredPatient(
+            facts["patient_id"], facts["name_index"], facts["has_name"], facts["sex"])
+        return domain.admit(consent_required=facts["consent_required"], patient=stored,
+                            consent_id=facts["consent_id"], name_index=name_index, sex=sex)
+
+    # The usual case (a known patient, admitted) only reads: one query with the tenant's schema named in
+    # it, outside a transaction. Anything else (a new patient, a refusal) writes, in a tenant transaction.
+    async with t.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        verdict = judge(await rs.admission_facts(conn, body.external_id, schema=t.schema))
+    if not (isinstance(verdict, domain.Admitted) and verdict.patient_id is not None):
+        async with t.tx() as conn:
+            verdict = judge(await rs.admission_facts(conn, body.external_id))
+            if isinstance(verdict, domain.Admitted) and verdict.patient_id is None:
+                verdict = await _create_patient(t, conn, body, name, sex)
+            if isinstance(verdict, domain.Refused):
+                await t.emit(conn, ev.ScreeningAdmissionRefusedV1(
+                    reason=verdict.reason, patient_id=verdict.patient_id,  # type: ignore[arg-type]
+                    fields=list(verdict.fields)))
+    if isinstance(verdict, domain.Refused):
+        code, detail = REFUSALS[verdict.reason]
+        content: dict[str, Any] = {"detail": detail, "code": verdict.reason}
+        if verdict.fields:
+            content["fields"] = list(verdict.fields)
+        return JSONResponse(content, status_code=code)
+    assert verdict.patient_id is not None
+    admitted = Admission(patient_id=verdict.patient_id, consent_id=verdict.consent_id)
+    return JSONResponse(admitted.model_dump(mode="json"))
+
+
+async def _create_patient(t: Tenant, conn: Any, body: AdmissionIn, name: str | None,
+                          sex: str | None) -> domain.Admitted | domain.Refused:
+    """A new patient (only when no consent is required); a concurrent creation is compared like any other."""
+    values: dict[str, Any] = {"external_id": body.external_id, "sex": sex,
+                              "age": int(body.age) if body.age is not None else None}
+    if name is not None:
+        sealed = t.vault.seal_name(t.org, name)
+        values |= {"name_ciphertext": sealed.ciphertext, "name_key_id": sealed.key_id, "name_index": sealed.index}
+    row = await rs.insert_patient(conn, values, t.principal.user_id, if_absent=True)
+    if row is not None:
+        await t.emit(conn, ev.PatientCreatedV1(patient_id=row["id"], lab_id=None, referring_doctor_id=None,
+                                               via="classify"))
+        return domain.Admitted(row["id"], None)
+    raced = await rs.patient_by_external_id(conn, body.external_id)
+    assert raced is not None
+    stored = domain.StoredPatient(raced["id"], raced["name_index"], raced["name_ciphertext"] is not None,
+                                  raced["sex"])
+    mismatches = domain.patient_mismatches(stored, name_index=values.get("name_index"), sex=sex)
+    return domain.Refused("patient_details_mismatch", raced["id"], tuple(mismatches)) if mismatches \
+        else domain.Admitted(raced["id"], None)

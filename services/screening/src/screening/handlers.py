@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from screening import store
+from screening import record_store, store
 from shared.db import in_schema
 from shared.events import Actor, Envelope, Topic, new_envelope
 from shared.events import identity as id_ev
@@ -30,6 +31,10 @@ SERVICE_ACTOR = Actor(role="service", service="screening")
 ClassifiedEnvelope = Envelope[ev.ScreeningClassifiedV1]
 RejectedEnvelope = Envelope[ev.ScreeningRejectedV1]
 OrgEnvelope = Envelope[id_ev.OrganizationCreatedV1]
+UserEnvelope = Envelope[id_ev.UserCreatedV1]
+#: Identity events that change the staff directory (by type name: read from the payload as plain JSON).
+ROLE_CHANGED, USER_DEACTIVATED = "RoleChanged", "UserDeactivated"
+STAFF_CHANGES = (ROLE_CHANGED, USER_DEACTIVATED)
 
 
 def to_row(envelope: Envelope[Any], now: datetime) -> store.NewScreening:
@@ -52,6 +57,8 @@ def to_row(envelope: Envelope[Any], now: datetime) -> store.NewScreening:
         correlation_id=envelope.correlation_id,
         requested_at=request.requested_at,
         recorded_at=now,
+        patient_id=request.patient.patient_id,
+        consent_id=request.consent_id,
     )
 
 
@@ -65,6 +72,7 @@ def recorded_event(row: store.NewScreening, cause: Envelope[Any], tenant: Any) -
         rejection_reason=row.rejection_reason,
         requested_at=row.requested_at,
         recorded_at=row.recorded_at,
+        patient_id=row.patient_id,
     )
     return new_envelope(
         payload, event_type=ev.SCREENING_RECORDED[0], event_version=ev.SCREENING_RECORDED[1], tenant_id=tenant,
@@ -105,12 +113,25 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
 
     @broker.subscriber(Topic.IDENTITY, **at_least_once(settings, "screening-tenants"))
     async def provision_tenant(raw: bytes) -> None:
+        """``OrganizationCreated`` provisions the tenant's schema; ``UserCreated``, ``RoleChanged`` and
+        ``UserDeactivated`` keep the tenant's staff directory (user ids and roles: doctor records link only
+        to active doctor users) current."""
         try:
             head = Envelope[dict[str, Any]].model_validate_json(raw)
-            if head.event_type != id_ev.ORGANIZATION_CREATED[0]:
-                return
-            org = OrgEnvelope.model_validate_json(raw).payload
-        except ValidationError:
+            if head.event_type == id_ev.ORGANIZATION_CREATED[0]:
+                await registry.provision(OrgEnvelope.model_validate_json(raw).payload.organization_id)
+            elif head.event_type == id_ev.USER_CREATED[0] and head.tenant_id is not None:
+                user = UserEnvelope.model_validate_json(raw).payload
+                schema = await registry.provision(head.tenant_id)
+                async with in_schema(registry.engine, schema) as conn:
+                    await record_store.upsert_staff(conn, user.user_id, user.role)
+            elif head.event_type in STAFF_CHANGES and head.tenant_id is not None:
+                user_id = uuid.UUID(str(head.payload["user_id"]))
+                schema = await registry.provision(head.tenant_id)
+                async with in_schema(registry.engine, schema) as conn:
+                    if head.event_type == ROLE_CHANGED:
+                        await record_store.upsert_staff(conn, user_id, str(head.payload["new_role"]))
+                    else:
+                        await record_store.remove_staff(conn, user_id)
+        except (ValidationError, KeyError, ValueError):
             log.error("unreadable event on %s skipped (the audit ledger keeps its digest)", Topic.IDENTITY)
-            return
-        await registry.provision(org.organization_id)

@@ -186,6 +186,8 @@ class PatientReference(BaseModel):
 
     external_id: str = Field(min_length=1, max_length=64)
     name_ciphertext: str | None = None
+    #: The tenant's patient record the gateway's admission check resolved (None in older commands).
+    patient_id: uuid.UUID | None = None
 
 
 class ScreeningRequestedV1(BaseModel):
@@ -197,6 +199,8 @@ class ScreeningRequestedV1(BaseModel):
     patient: PatientReference
     cbc: CompleteBloodCount
     requested_at: datetime
+    #: The active consent under which the screening was admitted (None when the policy requires none).
+    consent_id: uuid.UUID | None = None
 
 
 # -- assessment ------------------------------------------------------------------------------------------
@@ -304,6 +308,7 @@ class ScreeningRecordedV1(BaseModel):
     rejection_reason: str | None = None
     requested_at: datetime
     recorded_at: datetime
+    patient_id: uuid.UUID | None = None
 
 
 SCREENING_REQUESTED = ("ScreeningRequested", 1)

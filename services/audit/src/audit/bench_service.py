@@ -1,0 +1,265 @@
+"""The service benchmark: the ledger's real code paths against a real PostgreSQL, at N entries.
+
+* **Append**: raw envelope bytes (shaped like ``ScreeningRecorded``, one organisation, so one chain of N
+  entries) go through :meth:`audit.handlers.Appender.append_raw` in batches, exactly as the Kafka
+  subscriber hands them over: parse, digest PHI, canonicalise, seal, extend the Merkle tree, insert entries
+  and nodes, commit. Generating the bytes is not timed. Runs as the unprivileged runtime role.
+* **First tree head**: the publisher checks every entry (hash, link, HMAC, Merkle) before signing.
+* **Verification**: :func:`audit.checker.check_chain` over the whole chain (what ``GET /api/audit/verify``
+  runs): entries, stored Merkle nodes, the signed head.
+* **Proofs**: :func:`audit.proofs.inclusion` and :func:`audit.proofs.consistency` (what the API runs), with
+  their database round trips; every proof is checked against the signed head (not timed).
+
+A fresh database ``clinomic_audit_bench`` on the given server is created, and dropped afterwards unless
+``keep``. Its login role is ``clinomic_audit_bench`` (not the platform's, whose password must not change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from shared.db import create_engine
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from audit import checker, proofs, store
+from audit.handlers import Appender
+from audit.ledger import chain_id_for_tenant
+from audit.merkle import verify_consistency, verify_inclusion
+from audit.ops import prepare_database
+from audit.treeheads import Publisher, TreeHeadLog
+
+DATABASE = "clinomic_audit_bench"
+ROLE = "clinomic_audit_bench"
+KEY_ID = "bench"
+KEY = b"bench-hmac-key-0123456789abcdef-0123456789"
+
+
+def _uid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def make_messages(
+    rng: random.Random, tenant: str, users: list[str], start: int, count: int
+) -> list[tuple[bytes, str]]:
+    """``count`` raw ScreeningRecorded-like envelopes (about 900 bytes each, as the services publish them)."""
+    base = datetime(2025, 6, 1, tzinfo=UTC)
+    out = []
+    for n in range(start, start + count):
+        at = (base + timedelta(milliseconds=n)).isoformat().replace("+00:00", "Z")
+        envelope = {
+            "event_id": _uid(rng),
+            "event_type": "ScreeningRecorded",
+            "event_version": 1,
+            "occurred_at": at,
+            "tenant_id": tenant,
+            "actor": {"user_id": None, "role": "service", "service": "screening"},
+            "correlation_id": _uid(rng),
+            "causation_id": _uid(rng),
+            "payload": {
+                "screening_id": _uid(rng),
+                "status": "classified",
+                "patient_external_id": f"P-{n:010d}",
+                "requested_by": rng.choice(users),
+                "assessment": {
+                    "label": rng.choice(["normal", "borderline", "deficient"]),
+                    "risk_class": 2,
+                    "probabilities": {"normal": 0.61, "borderline": 0.27, "deficient": 0.12},
+                    "model": {"name": "b12-cbc", "version": "1.0.0"},
+                    "top_features": [
+                        {"name": "mcv", "value": 96.5, "shap": 0.31},
+                        {"name": "rdw", "value": 14.8, "shap": 0.12},
+                    ],
+                },
+                "rejection_reason": None,
+                "requested_at": at,
+                "recorded_at": at,
+            },
+        }
+        out.append((json.dumps(envelope).encode(), "clinomic.screening.recorded"))
+    return out
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "mean": round(statistics.fmean(values), 3),
+        "p50": round(ordered[len(ordered) // 2], 3),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+    }
+
+
+async def run(
+    admin_dsn: str,
+    *,
+    entries: int,
+    batch: int = 1000,
+    proof_count: int = 1000,
+    keep: bool = False,
+    workers: int | None = None,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    admin_url = make_url(admin_dsn)
+    server = create_async_engine(admin_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    async with server.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+        await conn.execute(text(f'CREATE DATABASE "{DATABASE}"'))
+    bench_admin = admin_url.set(database=DATABASE).render_as_string(hide_password=False)
+    runtime = await prepare_database(bench_admin, ROLE, "bench-" + uuid.uuid4().hex)
+    engine = create_engine(runtime, application_name="clinomic-audit-bench", search_path=store.SCHEMA)
+    figures: dict[str, Any] = {"entries": entries, "batch": batch}
+    try:
+        async with engine.connect() as conn:
+            figures["runtime_role_problems"] = await store.role_problems(conn) or "none"
+        rng = random.Random(7)
+        tenant = _uid(rng)
+        chain_id = chain_id_for_tenant(tenant)
+        users = [_uid(rng) for _ in range(50)]
+        appender = Appender(engine, KEY_ID, KEY)
+
+        append_s = 0.0
+        window_s, window_n = 0.0, 0
+        rates: list[float] = []
+        done = 0
+        while done < entries:
+            n = min(batch, entries - done)
+            messages = make_messages(rng, tenant, users, done, n)
+            t0 = time.perf_counter()
+            added = await appender.append_raw(messages)
+            elapsed = time.perf_counter() - t0
+            if added != n:
+                raise AssertionError(f"appended {added} of {n}")
+            append_s += elapsed
+            window_s += elapsed
+            window_n += n
+            done += n
+            if window_n >= 100_000 or done == entries:
+                rates.append(window_n / window_s)
+                progress(
+                    f"appended {done}/{entries}: {window_n / window_s:,.0f} events/s over the last {window_n}"
+                )
+                window_s, window_n = 0.0, 0
+        figures["append_events_per_s"] = round(entries / append_s)
+        figures["append_events_per_s_slowest_100k"] = round(min(rates))
+        figures["append_events_per_s_last_100k"] = round(rates[-1])
+
+        with tempfile.TemporaryDirectory(prefix="audit-bench-heads-") as heads_dir:
+            signing_key = Ed25519PrivateKey.generate()
+            head_log = TreeHeadLog(Path(heads_dir))
+            publisher = Publisher(engine, signing_key, [signing_key.public_key()], {KEY_ID: KEY}, head_log)
+            t0 = time.perf_counter()
+            head = await publisher.publish(chain_id)
+            figures["first_tree_head_s"] = round(time.perf_counter() - t0, 2)
+            if head is None:
+                raise AssertionError(f"the publisher refused to sign: {publisher.refused()}")
+            progress(f"tree head signed at size {head['tree_size']}")
+
+            pool = checker.VerifierPool(runtime, workers)
+            await pool.warm()  # as in a running service, whose workers start with its first long verification
+            try:
+                t0 = time.perf_counter()
+                report = await checker.check_chain(
+                    engine,
+                    chain_id,
+                    hmac_keys={KEY_ID: KEY},
+                    public_keys=[signing_key.public_key()],
+                    head_log=head_log,
+                    pool=pool,
+                )
+                verify_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                single = await checker.check_chain(
+                    engine,
+                    chain_id,
+                    hmac_keys={KEY_ID: KEY},
+                    public_keys=[signing_key.public_key()],
+                    head_log=head_log,
+                )
+                figures["verify_one_process_entries_per_s"] = round(entries / (time.perf_counter() - t0))
+                if not single.ok:
+                    raise AssertionError(f"in-process verification failed: {single}")
+            finally:
+                pool.close()
+            if not report.ok or report.checked != entries:
+                raise AssertionError(f"verification failed: {report}")
+            figures["verify_workers"] = pool.workers
+            figures["verify_entries_per_s"] = round(entries / verify_s)
+            figures["verify_s"] = round(verify_s, 2)
+            figures["verify_merkle_nodes_checked"] = report.merkle_nodes_checked
+            progress("chain verified")
+
+        root = bytes.fromhex(head["root_hash"])
+        size = head["tree_size"]
+        inclusion_ms: list[float] = []
+        consistency_ms: list[float] = []
+        async with engine.connect() as conn:
+            for _ in range(proof_count):
+                seq = rng.randint(1, size)
+                t0 = time.perf_counter()
+                answer = await proofs.inclusion(conn, chain_id, seq, size)
+                inclusion_ms.append((time.perf_counter() - t0) * 1000)
+                entry_hash = bytes.fromhex(answer["entry"]["entry_hash"])
+                if not verify_inclusion(
+                    entry_hash, seq - 1, size, [bytes.fromhex(p) for p in answer["proof"]], root
+                ):
+                    raise AssertionError(f"inclusion proof of {seq} does not verify")
+                first = rng.randint(1, size)
+                t0 = time.perf_counter()
+                answer = await proofs.consistency(conn, chain_id, first, size)
+                consistency_ms.append((time.perf_counter() - t0) * 1000)
+                if not verify_consistency(
+                    first,
+                    size,
+                    bytes.fromhex(answer["first_root"]),
+                    root,
+                    [bytes.fromhex(p) for p in answer["proof"]],
+                ):
+                    raise AssertionError(f"consistency proof {first} -> {size} does not verify")
+        figures["inclusion_proof_ms"] = _ms(inclusion_ms)
+        figures["consistency_proof_ms"] = _ms(consistency_ms)
+        async with engine.connect() as conn:
+            figures["database_mb"] = round(
+                (await conn.scalar(text("SELECT pg_database_size(current_database())"))) / 1e6
+            )
+        progress("proofs measured")
+    finally:
+        await engine.dispose()
+        if not keep:
+            async with server.connect() as conn:
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+        await server.dispose()
+    return figures
+
+
+def with_embedded_postgres(
+    *, entries: int, batch: int, proof_count: int, workers: int | None, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run against a throwaway embedded PostgreSQL (needs the workspace's dev stack installed)."""
+    import asyncio
+
+    try:
+        from devstack import infra
+    except ImportError as exc:  # pragma: no cover - outside the workspace
+        raise SystemExit(
+            "no DATABASE_URL and no dev stack to start PostgreSQL with: pass --database-url"
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix="audit-bench-pg-") as tmp, contextlib.ExitStack() as stack:
+        dsn, described = stack.enter_context(infra.postgres(Path(tmp) / "pgdata", ephemeral=True))
+        progress(f"PostgreSQL: {described}")
+        return asyncio.run(
+            run(
+                dsn, entries=entries, batch=batch, proof_count=proof_count, workers=workers, progress=progress
+            )
+        )

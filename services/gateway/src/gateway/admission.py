@@ -1,0 +1,57 @@
+"""The admission check of a classify request, asked of the screening service before anything is accepted.
+
+The screening service owns patients, consents and the organisation's policy, so it decides: with the
+caller's token (the tenant is the token's organisation there too) it answers 200 with the patient's id
+and the consent in force, or refuses (403 consent required, 409 patient details differ, ...). The gateway
+relays a refusal as it is; when the screening service cannot be asked, nothing is accepted (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import httpx
+from fastapi import Request, Response
+
+from shared.events.screening import CompleteBloodCount
+
+log = logging.getLogger(__name__)
+PATH = "/internal/admissions"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    patient_id: uuid.UUID
+    consent_id: uuid.UUID | None
+
+
+def _unavailable() -> Response:
+    return Response('{"detail": "screening records are unavailable; nothing was accepted, retry later"}',
+                    status_code=503, media_type="application/json", headers={"retry-after": "5"})
+
+
+async def admit(request: Request, *, external_id: str, name_ciphertext: str | None,
+                cbc: CompleteBloodCount) -> Admitted | Response:
+    settings = request.app.state.settings
+    client: httpx.AsyncClient = request.app.state.http
+    try:
+        answer = await client.post(
+            settings.screening_url + PATH,
+            json={"external_id": external_id, "name_ciphertext": name_ciphertext, "sex": cbc.sex.value,
+                  "age": cbc.age},
+            headers={"authorization": request.headers["authorization"]},
+            timeout=settings.admission_timeout_seconds,
+        )
+    except httpx.HTTPError:
+        log.warning("admission check unavailable; classify refused with 503")
+        return _unavailable()
+    if answer.status_code == 200:
+        body = answer.json()
+        return Admitted(uuid.UUID(body["patient_id"]),
+                        uuid.UUID(body["consent_id"]) if body.get("consent_id") else None)
+    if answer.status_code >= 500:
+        return _unavailable()
+    return Response(answer.content, status_code=answer.status_code, media_type="application/json",
+                    headers={h: answer.headers[h] for h in ("www-authenticate",) if h in answer.headers})
