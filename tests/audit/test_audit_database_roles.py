@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -78,3 +80,24 @@ async def test_the_service_refuses_to_start_with_a_role_that_could_change_the_le
 
 async def test_the_service_accepts_its_own_role(runtime_engine: AsyncEngine) -> None:
     await check_database(runtime_engine)
+
+
+async def test_given_the_owners_connection_the_service_creates_its_runtime_role(platform: Platform) -> None:
+    """What a single-container deployment relies on: the owner's URL next to AUDIT_DATABASE_URL."""
+    from sqlalchemy.engine import make_url
+
+    from audit.app import prepare_as_owner
+
+    role = f"clinomic_audit_t{uuid.uuid4().hex[:8]}"
+    admin = platform.env["DATABASE_URL"]
+    runtime = make_url(admin).set(username=role, password="a-runtime-password").render_as_string(False)
+    await prepare_as_owner(admin, runtime)
+    engine = create_engine(runtime, application_name="audit-test", search_path="audit")
+    try:
+        await check_database(engine)
+    finally:
+        await engine.dispose()
+        owner = create_engine(admin, application_name="audit-test")
+        async with owner.begin() as conn:
+            await conn.execute(text(f'DROP ROLE "{role}"'))
+        await owner.dispose()

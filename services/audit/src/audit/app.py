@@ -55,6 +55,21 @@ async def migrate_as_owner(dsn: str) -> None:
         await owner.dispose()
 
 
+async def prepare_as_owner(owner_dsn: str, runtime_dsn: str) -> None:
+    """With the owner's connection: make sure the runtime login role exists (with the password in its URL)
+    and is in the writer group, then migrate. A convenience for single-container deployments; a separate
+    deploy step (``clinomic-audit provision`` and ``migrate``) keeps the owner's password out of the
+    service."""
+    from sqlalchemy.engine import make_url
+
+    from audit.ops import provision_roles
+
+    runtime, owner = make_url(runtime_dsn), make_url(owner_dsn)
+    if runtime.username and runtime.username != owner.username:
+        await provision_roles(owner_dsn, runtime.username, runtime.password, align_existing=False)
+    await migrate_as_owner(owner_dsn)
+
+
 async def check_database(engine: object) -> None:
     """Refuse a privileged role or an unmigrated schema, with one line saying why."""
     async with engine.connect() as conn:  # type: ignore[attr-defined]
@@ -75,7 +90,7 @@ async def check_database(engine: object) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: AuditSettings = app.state.settings
     if settings.migration_dsn:
-        await migrate_as_owner(settings.migration_dsn)
+        await prepare_as_owner(settings.migration_dsn, settings.runtime_dsn)
     engine = create_engine(settings.runtime_dsn, application_name="clinomic-audit", search_path=store.SCHEMA)
     try:
         await check_database(engine)

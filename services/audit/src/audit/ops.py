@@ -41,11 +41,14 @@ def runtime_url(admin_dsn: str, login_role: str, password: str | None) -> str:
     )
 
 
-async def provision_roles(admin_dsn: str, login_role: str, password: str | None) -> None:
+async def provision_roles(admin_dsn: str, login_role: str, password: str | None, *,
+                          align_existing: bool = True) -> None:
     """Create (or align) the writer group role and the service's login role; idempotent.
 
     The login role: LOGIN, INHERIT, no SUPERUSER/CREATEROLE/CREATEDB/BYPASSRLS, member of the writer group
-    and of nothing it could use to reach the ledger's owner.
+    and of nothing it could use to reach the ledger's owner. An existing login role is aligned (attributes,
+    and the password when one is given) only with ``align_existing``; otherwise it just joins the group, and
+    the service's start-up check refuses it if it is privileged.
     """
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -60,14 +63,17 @@ async def provision_roles(admin_dsn: str, login_role: str, password: str | None)
                     END IF;
                 END $$""")
             exists = await pg.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", login_role)
-            verb = "ALTER" if exists else "CREATE"
-            statement = await pg.fetchval(
-                f"SELECT format('{verb} ROLE %I WITH LOGIN INHERIT NOSUPERUSER NOCREATEROLE NOCREATEDB "
-                "NOBYPASSRLS NOREPLICATION PASSWORD %L', $1::text, $2::text)",
-                login_role,
-                password,
-            )
-            await pg.execute(statement)
+            if not exists or align_existing:
+                verb = "ALTER" if exists else "CREATE"
+                statement = await pg.fetchval(
+                    f"SELECT format('{verb} ROLE %I WITH LOGIN INHERIT NOSUPERUSER NOCREATEROLE NOCREATEDB "
+                    "NOBYPASSRLS NOREPLICATION' "
+                    "|| CASE WHEN $2::text IS NULL THEN '' ELSE ' PASSWORD %L' END, "
+                    "$1::text, $2::text)",
+                    login_role,
+                    password,
+                )
+                await pg.execute(statement)
             await pg.execute(
                 await pg.fetchval(
                     "SELECT format('GRANT %I TO %I', $1::text, $2::text)", WRITER_ROLE, login_role
