@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import bearer, login
 from tests.records.helpers import (
+    classified,
     Org, classify, consented_patient, create_doctor, create_lab, create_user, new_org, ok, platform_admin,
 )
 
@@ -41,7 +42,7 @@ async def _populate(gateway: httpx.AsyncClient, org: Org, name: str) -> Tenant:
     patient = await consented_patient(gateway, lab, name=name, age=61, sex="male", lab_id=a_lab["id"],
                                       referring_doctor_id=doctor["id"])
     consent = ok(await gateway.get("/api/consents", params={"patient_id": patient["id"]}, headers=lab))["items"][0]
-    screening = ok(await classify(gateway, lab, patient["external_id"], name=name))
+    screening = await classified(gateway, lab, patient["external_id"], name=name)
     return Tenant(org, a_lab, doctor, patient, consent, screening, name)
 
 

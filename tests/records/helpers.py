@@ -165,3 +165,19 @@ async def record_event(bootstrap: str, event_type: str, *, tenant_id: str | None
     matching = [e for e in events if match(e)]
     assert matching, f"no {event_type} {payload} on clinomic.records"
     return matching[0]
+
+
+async def classified(gateway: httpx.AsyncClient, headers: dict[str, str], external_id: str,
+                     **options: Any) -> dict[str, Any]:
+    """Classify and return the recorded screening: the synchronous answer, or (when the machine is slow and
+    the gateway answered 202) the screening fetched from its URL once recorded."""
+    response = await classify(gateway, headers, external_id, **options)
+    if response.status_code == 200:
+        return response.json()
+    body = ok(response, 202)
+
+    async def recorded() -> dict[str, Any] | None:
+        fetched = await gateway.get(body["url"], headers=headers)
+        return fetched.json() | {"url": body["url"]} if fetched.status_code == 200 else None
+
+    return await eventually(recorded, timeout=60, interval=0.2)

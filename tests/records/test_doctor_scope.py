@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import bearer, login
 from tests.records.conftest import Tenant
-from tests.records.helpers import classify, consented_patient, create_doctor, create_user, ok
+from tests.records.helpers import classified, classify, consented_patient, create_doctor, create_user, ok
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ async def other(gateway: httpx.AsyncClient, org_a: Tenant) -> dict:
     lab = org_a.org.headers["lab"]
     doctor = await create_doctor(gateway, org_a.org.headers["admin"])
     patient = await consented_patient(gateway, lab, name="Olga Otherdoctor", referring_doctor_id=doctor["id"])
-    screening = ok(await classify(gateway, lab, patient["external_id"]))
+    screening = await classified(gateway, lab, patient["external_id"])
     consent = ok(await gateway.get("/api/consents", params={"patient_id": patient["id"]}, headers=lab))["items"][0]
     return {"doctor": doctor, "patient": patient, "screening": screening, "consent": consent}
 

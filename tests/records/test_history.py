@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import HEALTHY_CBC
 from tests.records.conftest import Tenant
-from tests.records.helpers import Org, classify, consented_patient, create_doctor, create_lab, new_org, ok
+from tests.records.helpers import classified, Org, classify, consented_patient, create_doctor, create_lab, new_org, ok
 
 #: A panel the model calls deficient (high risk), next to the healthy one (low risk).
 DEFICIENT_CBC = {"hb": 9.1, "rbc": 2.6, "hct": 28.9, "mcv": 111, "mch": 35.0, "mchc": 31.5, "rdw": 18.2,
@@ -33,11 +33,11 @@ async def clinic(gateway: httpx.AsyncClient) -> dict:
                                 referring_doctor_id=doctors[0]["id"]),
     ]
     screenings = [
-        ok(await classify(gateway, lab, patients[0]["external_id"])),
-        ok(await classify(gateway, lab, patients[1]["external_id"], cbc=DEFICIENT_CBC)),
-        ok(await classify(gateway, lab, patients[2]["external_id"])),
-        ok(await classify(gateway, lab, patients[0]["external_id"], cbc=HEALTHY_CBC | {"age": 47})),
-        ok(await classify(gateway, lab, patients[1]["external_id"], cbc=DEFICIENT_CBC | {"age": 68})),
+        await classified(gateway, lab, patients[0]["external_id"]),
+        await classified(gateway, lab, patients[1]["external_id"], cbc=DEFICIENT_CBC),
+        await classified(gateway, lab, patients[2]["external_id"]),
+        await classified(gateway, lab, patients[0]["external_id"], cbc=HEALTHY_CBC | {"age": 47}),
+        await classified(gateway, lab, patients[1]["external_id"], cbc=DEFICIENT_CBC | {"age": 68}),
     ]
     return {"org": org, "labs": labs, "doctors": doctors, "patients": patients, "screenings": screenings}
 

@@ -8,7 +8,7 @@ import httpx
 from devstack.stack import Platform
 from tests.conftest import HEALTHY_CBC
 from tests.records.conftest import Tenant
-from tests.records.helpers import classify, consented_patient, ok, record_event
+from tests.records.helpers import classified, classify, consented_patient, ok, record_event
 
 
 async def test_classify_with_another_name_is_refused_and_the_record_keeps_its_name(
@@ -27,7 +27,7 @@ async def test_classify_with_another_name_is_refused_and_the_record_keeps_its_na
 async def test_classify_without_a_name_keeps_the_recorded_one(gateway: httpx.AsyncClient, org_a: Tenant) -> None:
     lab = org_a.org.headers["lab"]
     patient = await consented_patient(gateway, lab, name="Kept Name")
-    created = ok(await classify(gateway, lab, patient["external_id"]))
+    created = await classified(gateway, lab, patient["external_id"])
     assert ok(await gateway.get(created["url"], headers=lab))["patient_name"] == "Kept Name"
     assert ok(await gateway.get(f"/api/patients/{patient['id']}", headers=lab))["name"] == "Kept Name"
 
@@ -36,7 +36,7 @@ async def test_the_same_name_written_differently_is_the_same_name(gateway: httpx
                                                                    org_a: Tenant) -> None:
     lab = org_a.org.headers["lab"]
     patient = await consented_patient(gateway, lab, name="Zoë  van Dijk")
-    assert (await classify(gateway, lab, patient["external_id"], name=" ZOË VAN  DIJK ")).status_code == 200
+    assert (await classify(gateway, lab, patient["external_id"], name=" ZOË VAN  DIJK ")).status_code in (200, 202)
 
 
 async def test_a_name_is_not_filled_in_by_a_screening_either(gateway: httpx.AsyncClient, org_a: Tenant) -> None:
@@ -66,7 +66,7 @@ async def test_an_explicit_change_of_name_is_published_naming_the_field_not_the_
     event = await record_event(platform.env["KAFKA_BOOTSTRAP_SERVERS"], "PatientUpdated", patient_id=patient["id"])
     assert event["payload"]["changed_fields"] == ["name"]
     assert "Name" not in str(event)
-    assert (await classify(gateway, lab, patient["external_id"], name="Married Name")).status_code == 200
+    assert (await classify(gateway, lab, patient["external_id"], name="Married Name")).status_code in (200, 202)
 
 
 async def test_removing_a_name_takes_an_explicit_null_and_is_a_change(

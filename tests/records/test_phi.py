@@ -16,6 +16,7 @@ from devstack.stack import Platform
 from shared.crypto import key_id
 from tests.records.conftest import Tenant
 from tests.records.helpers import (
+    classified,
     classify, consented_patient, create_doctor, create_lab, create_patient, eventually, ok, record_consent,
     record_event, topic_messages,
 )
@@ -131,7 +132,7 @@ async def test_reading_screenings_with_names_is_an_event(gateway: httpx.AsyncCli
                                                         org_a: Tenant) -> None:
     lab = org_a.org.headers["lab"]
     patient = await consented_patient(gateway, lab, name="History Viewed")
-    ok(await classify(gateway, lab, patient["external_id"]))
+    await classified(gateway, lab, patient["external_id"])
     ok(await gateway.get("/api/screening/history", params={"patient_id": patient["id"]}, headers=lab))
     await record_event(platform.env["KAFKA_BOOTSTRAP_SERVERS"], "PhiViewed", endpoint="history",
                        patient_ids=[patient["id"]])
@@ -142,7 +143,7 @@ async def test_an_export_contains_names_and_is_an_event_counting_its_rows(
 ) -> None:
     lab, admin = org_a.org.headers["lab"], org_a.org.headers["admin"]
     patient = await consented_patient(gateway, lab, name="=HYPERLINK(\"http://x\")")
-    screening = ok(await classify(gateway, lab, patient["external_id"]))
+    screening = await classified(gateway, lab, patient["external_id"])
     response = await gateway.get("/api/screening/export", params={"patient_id": patient["id"]}, headers=admin)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.text)))
