@@ -30,7 +30,7 @@ def platform() -> Iterator[stack.Platform]:
     ports = {name: infra.free_port() for name in stack.DEFAULT_PORTS}
     try:
         with stack.platform(state, ports=ports, ephemeral=True, prefer_containers=True,
-                            extra_env={"CLASSIFY_WAIT_SECONDS": "4", "REDELIVER_AFTER_SECONDS": "3",
+                            extra_env={"CLASSIFY_WAIT_SECONDS": "10", "REDELIVER_AFTER_SECONDS": "3",
                                        "DEBUG": "false",
                                        # identity: every test comes from 127.0.0.1, so per-address limits
                                        # must be generous here (tests/identity starts its own limited
