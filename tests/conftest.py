@@ -24,6 +24,11 @@ HEALTHY_CBC = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run tests that kill services or restart the broker last, so no other test depends on their recovery."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
 @pytest.fixture(scope="session")
 def platform() -> Iterator[stack.Platform]:
     state = Path(tempfile.mkdtemp(prefix="clinomic-test-"))

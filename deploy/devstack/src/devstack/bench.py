@@ -72,18 +72,42 @@ async def drive(duration: float, clients: int, one_request) -> tuple[list[float]
     return latencies, outcomes
 
 
+BENCH_PATIENT_NAME = "Bench Patient"
+
+
+async def consented_patients(http: aiohttp.ClientSession, headers: dict[str, str],
+                             count: int) -> list[tuple[str, str]]:
+    """(external id, sex) of ``count`` new patients with an active consent: classify requires one by default."""
+    pool: list[tuple[str, str]] = []
+    for i in range(count):
+        external_id, sex = f"B-{uuid.uuid4().hex[:12]}", ("female", "male")[i % 2]
+        async with http.post("/api/patients", headers=headers, json={
+                "external_id": external_id, "name": BENCH_PATIENT_NAME, "sex": sex}) as created:
+            created.raise_for_status()
+            patient_id = (await created.json())["id"]
+        async with http.post("/api/consents", headers=headers, json={
+                "patient_id": patient_id, "method": "electronic",
+                "text": "I agree to have my blood count screened for vitamin B12 deficiency."}) as consent:
+            consent.raise_for_status()
+        pool.append((external_id, sex))
+    return pool
+
+
 async def through_gateway(gateway_url: str, clients: int, seconds: float) -> Run:
-    """The load generator is aiohttp: it costs far less CPU per request than httpx, and it shares the cores."""
+    """The load generator is aiohttp: it costs far less CPU per request than httpx, and it shares the cores.
+    Patients and their consents are recorded before the clock starts; each request screens one of them."""
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(gateway_url, connector=connector) as http:
         async with http.post("/api/auth/login",
                              json={"username": "lab_demo", "password": stack.DEMO_PASSWORD}) as login:
             login.raise_for_status()
             headers = {"Authorization": f"Bearer {(await login.json())['access_token']}"}
+        pool = await consented_patients(http, headers, 4 * clients)
 
         async def one(rng: random.Random) -> str:
-            body = {"patient": {"external_id": f"B-{rng.randrange(10**9)}", "name": "Bench Patient"},
-                    "cbc": cbc_variant(rng)}
+            external_id, sex = rng.choice(pool)
+            body = {"patient": {"external_id": external_id, "name": BENCH_PATIENT_NAME},
+                    "cbc": cbc_variant(rng) | {"sex": sex}}
             async with http.post("/api/screening/classify", json=body, headers=headers) as response:
                 await response.read()
                 return str(response.status)

@@ -8,6 +8,12 @@ class Topic(StrEnum):
     SCREENING_CLASSIFIED = "clinomic.screening.classified"
     SCREENING_RECORDED = "clinomic.screening.recorded"
     IDENTITY = "clinomic.identity"
+    #: Bulk screening, one message per chunk of rows (shared.events.batch).
+    SCREENING_BATCH_REQUESTED = "clinomic.screening.batch-requested"
+    SCREENING_BATCH_CLASSIFIED = "clinomic.screening.batch-classified"
+    SCREENING_BATCH_RECORDED = "clinomic.screening.batch-recorded"
+    #: De-identified screenings for downstream analytics (shared.events.analytics): no names, pseudonymous keys.
+    ANALYTICS_SCREENINGS = "clinomic.analytics.screenings"
 
 
 ALL_TOPICS_PATTERN = r"^clinomic\..+"

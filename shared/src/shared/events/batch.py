@@ -1,0 +1,91 @@
+"""Bulk screening: a lab's batch travels in chunks of rows, so 100 000 rows are a few hundred messages.
+
+The gateway validates every row up front, splits the accepted rows into chunks and publishes one
+``ScreeningBatchRequested`` per chunk; inference answers each with one ``ScreeningBatchClassified``;
+the screening service stores the chunk in one transaction, publishes the usual per-screening
+``ScreeningRecorded`` (so history, audit and the analytics stream see every screening alike) and one
+``ScreeningBatchRecorded`` per chunk, from which the gateway reports the job's progress. A chunk is
+identified by (job id, chunk number); every consumer ignores a chunk it has already handled.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events.screening import Assessment, CompleteBloodCount, Label, PatientReference, RiskClass
+
+
+class BatchRow(BaseModel):
+    """One accepted row: its position in the uploaded file (1-based data row) and the screening it became."""
+
+    model_config = ConfigDict(frozen=True)
+
+    row: int = Field(ge=1)
+    screening_id: uuid.UUID
+    patient: PatientReference
+    cbc: CompleteBloodCount
+    consent_id: uuid.UUID | None = None
+
+
+class ScreeningBatchRequestedV1(BaseModel):
+    """Command: screen these rows of a batch job. Published by the gateway, consumed by inference."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: uuid.UUID
+    chunk: int = Field(ge=0)
+    rows: list[BatchRow]
+    requested_at: datetime
+
+
+class ClassifiedRow(BaseModel):
+    """A row and what the model said (``assessment`` None and ``rejection_reason`` set if it could not)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request: BatchRow
+    assessment: Assessment | None
+    rejection_reason: str | None = None
+
+
+class ScreeningBatchClassifiedV1(BaseModel):
+    """Event: inference assessed every row of a chunk. Consumed by the screening service."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: uuid.UUID
+    chunk: int = Field(ge=0)
+    rows: list[ClassifiedRow]
+    requested_at: datetime
+
+
+class RowOutcome(BaseModel):
+    """What became of one row, small enough to keep per row for the job's report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    row: int
+    screening_id: uuid.UUID
+    status: str = Field(description="classified | rejected")
+    label: Label | None = None
+    risk_class: RiskClass | None = None
+    rejection_reason: str | None = None
+
+
+class ScreeningBatchRecordedV1(BaseModel):
+    """Event: a chunk is stored in the tenant's schema. Consumed by the gateway (job progress)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: uuid.UUID
+    chunk: int = Field(ge=0)
+    outcomes: list[RowOutcome]
+    recorded_at: datetime
+
+
+SCREENING_BATCH_REQUESTED = ("ScreeningBatchRequested", 1)
+SCREENING_BATCH_CLASSIFIED = ("ScreeningBatchClassified", 1)
+SCREENING_BATCH_RECORDED = ("ScreeningBatchRecorded", 1)
