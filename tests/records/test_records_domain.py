@@ -1,4 +1,4 @@
-"""Pure rules of the clinical records: admission, the patient rule, blind index, cursors, CSV, key checks."""
+"""Pure rules of the clinical records: admission, the patient rule, blind index, cursors, key checks."""
 
 from __future__ import annotations
 
@@ -95,9 +95,3 @@ def test_a_foreign_cursor_is_refused(cursor: str) -> None:
 
 def test_changed_fields_name_only_what_differs() -> None:
     assert domain.changed_fields({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 5, "d": None}) == ["b"]
-
-
-@pytest.mark.parametrize("value", ["=1+1", "+1", "-1", "@SUM(A1)"])
-def test_an_export_never_lets_a_spreadsheet_evaluate_a_value(value: str) -> None:
-    rows = domain.csv_text([{"patient_name": value}]).splitlines()
-    assert rows[1].split(",")[6] == "'" + value

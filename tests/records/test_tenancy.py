@@ -58,8 +58,9 @@ async def test_status_reports_every_schema_and_its_revision(platform: Platform, 
         assert lines[schema] == f"{head_revision(TENANT_MIGRATIONS)}\tcurrent"
 
 
-#: What revision t0002 added, undone by hand (its downgrade, as plain SQL).
-UNDO_T0002 = (
+#: What the tenant revisions after t0001 added, undone newest first (t0003, then t0002).
+UNDO_AFTER_T0001 = (
+    "DROP INDEX screenings_batch_job", "ALTER TABLE screenings DROP COLUMN batch_job_id, DROP COLUMN batch_row",
     "DROP TABLE policy", "DROP TABLE consents", "DROP INDEX screenings_risk_class", "DROP INDEX patients_created_at_id",
     "ALTER TABLE screenings DROP COLUMN lab_id, DROP COLUMN doctor_id, DROP COLUMN consent_id",
     "ALTER TABLE patients DROP COLUMN name_key_id, DROP COLUMN name_index, DROP COLUMN age, DROP COLUMN sex, "
@@ -78,7 +79,7 @@ async def test_migrate_brings_a_schema_left_behind_to_the_newest_revision(
         await conn.execute(text(f'UPDATE "{schema}".alembic_version SET version_num = :v'),
                            {"v": "t0001"})
         await conn.execute(text(f'SET LOCAL search_path TO "{schema}"'))
-        for statement in UNDO_T0002:
+        for statement in UNDO_AFTER_T0001:
             await conn.execute(text(statement))
     behind = await asyncio.to_thread(cli, platform, "status")
     assert behind.returncode == 1 and f"{schema}\tt0001\tbehind" in behind.stdout

@@ -48,7 +48,7 @@ BY_ID = [
     ("patients of doctor", "GET", "/api/patients", None, {"doctor_id": "{doctor}"}, "200 200 200 403 403"),
     ("patients by external id", "GET", "/api/patients", None, {"external_id": "{external}"}, "200 200 200 403 403"),
     ("consents of patient", "GET", "/api/consents", None, {"patient_id": "{patient}"}, "200 200 200 403 403"),
-    ("export of patient", "GET", "/api/screening/export", None, {"patient_id": "{patient}"}, "200 403 403 403 403"),
+    ("export of patient", "GET", "/api/screening/export", None, {"patient_id": "{patient}"}, "200 403 200 403 403"),
     ("search by name", "POST", "/api/patients/search", {"name": "{name}"}, None, "200 200 200 403 403"),
     ("classify patient", "POST", "/api/screening/classify", {"patient": {"external_id": "{external}"}, "cbc": "{cbc}"},
      None, "403 403 403 403 403"),  # org roles allowed to classify: refused, no consent for an unknown patient

@@ -60,3 +60,70 @@ def bench(clients: int = typer.Option(50, help="Concurrent clients"),
     from devstack import bench as benchmark
 
     benchmark.main(clients=clients, seconds=seconds, gateway_url=gateway_url or None, state_dir=state_dir.resolve())
+
+
+batch_app = typer.Typer(help="Bulk screening: make a batch file, upload one and follow it", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+URL = typer.Option("http://127.0.0.1:8000", "--url", help="The gateway")
+USERNAME = typer.Option("lab_demo", help="A lab technician (or org admin) who logs in without MFA")
+PASSWORD = typer.Option(stack.DEMO_PASSWORD, envvar="CLINOMIC_PASSWORD", help="Password (or CLINOMIC_PASSWORD)")
+
+
+@batch_app.command("upload")
+def batch_upload(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A .csv or .json batch"),
+                 url: str = URL, username: str = USERNAME, password: str = PASSWORD,
+                 timeout: float = typer.Option(1800.0, help="Give up following the job after this many seconds"),
+                 progress: bool = typer.Option(True, help="Show a progress bar")) -> None:
+    """Upload a batch, show a progress bar until every accepted row is recorded, then the summary and the
+    rejected rows."""
+    from devstack import batch
+
+    try:
+        batch.upload_and_follow(file, url=url.rstrip("/"), username=username, password=password, timeout=timeout,
+                                progress=progress, echo=typer.echo)
+    except batch.BatchFailed as failed:
+        typer.echo(f"error: {failed}", err=True)
+        raise typer.Exit(1) from None
+
+
+@batch_app.command("generate")
+def batch_generate(out: Path = typer.Argument(..., dir_okay=False, help="File to write (.csv or .json)"),
+                   rows: int = typer.Option(1000, min=1, help="Rows of the batch"),
+                   patients: int = typer.Option(100, min=1, help="Patients to create (with consents) and screen"),
+                   url: str = URL, username: str = USERNAME, password: str = PASSWORD,
+                   seed: int = typer.Option(7, help="Seed of the synthetic CBCs")) -> None:
+    """Create a pool of patients with screening consents through the API, and write a batch of synthetic CBCs
+    (the model's cohort generator) that screens them."""
+    import asyncio
+    import uuid
+
+    import httpx
+
+    from devstack import batch
+
+    try:
+        media = batch.media_type(out)
+        pool = batch.pool_patients(patients, f"G{uuid.uuid4().hex[:6]}")
+        with httpx.Client(base_url=url.rstrip("/"), timeout=60.0) as client:
+            headers = batch.login(client, username, password)
+        asyncio.run(batch.create_pool(url.rstrip("/"), headers, pool))
+    except batch.BatchFailed as failed:
+        typer.echo(f"error: {failed}", err=True)
+        raise typer.Exit(1) from None
+    data = batch.synthetic_rows(rows, pool, seed)
+    out.write_bytes(batch.csv_bytes(data) if media == "text/csv" else batch.json_bytes(data))
+    typer.echo(f"wrote {rows} rows for {patients} consented patients to {out}")
+
+
+@app.command("bench-batch")
+def bench_batch(rows: int = typer.Option(100_000, min=1, help="Rows of the uploaded batch"),
+                patients: int = typer.Option(2_000, min=1, help="Consented patients the rows screen"),
+                gateway_url: str = typer.Option("", help="Benchmark a running platform instead of starting one"),
+                timeout: float = typer.Option(1800.0, help="Give up waiting for the job after this many seconds"),
+                state_dir: Path = typer.Option(Path(".clinomic-bench"), help="State of the platform started here")
+                ) -> None:
+    """Bulk screening: rows/s from upload to recorded, beside the model's own batch limit on the same rows."""
+    from devstack import batch
+
+    batch.bench_main(rows=rows, patients=patients, gateway_url=gateway_url or None, state_dir=state_dir.resolve(),
+                     timeout=timeout, echo=typer.echo)

@@ -29,6 +29,8 @@ def generate() -> dict[str, str]:
         "AUDIT_DB_PASSWORD": secrets.token_urlsafe(24),
         # HMAC key of the blind index for exact-match patient name search (screening service).
         "PHI_BLIND_INDEX_KEY": secrets.token_urlsafe(48),
+        # HMAC key of the pseudonymous patient keys on the de-identified analytics stream (screening service).
+        "ANALYTICS_PSEUDONYM_KEY": secrets.token_urlsafe(48),
         # Fernet key that encrypts TOTP secrets at rest (auth service).
         "MFA_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
     }

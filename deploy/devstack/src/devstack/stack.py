@@ -97,6 +97,7 @@ def service_env(database_url: str, bootstrap: str, secret_env: dict[str, str], u
         "AUTH_URL": urls["auth"],
         "SCREENING_URL": urls["screening"],
         "AUDIT_URL": urls["audit"],
+        "INFERENCE_URL": urls["inference"],
         "DEBUG": os.environ.get("DEBUG", "true"),
         "PYTHONUNBUFFERED": "1",
         **(extra or {}),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from gateway import admission, store
 from gateway.intake import Answer, Intake, KeyReused, fingerprint
 from gateway.proxy import forward
+from shared.events.catalog import asyncapi_json
 from shared.events.screening import CompleteBloodCount
 from shared.tokens import Principal, Role
 from shared.web import current_principal, require_roles, tenant_of
@@ -124,6 +125,20 @@ async def screening_routes(rest: str, request: Request, principal: Authenticated
     """History, export and the organisation's screening policy, answered by the screening service."""
     await limited(request, "default", str(principal.user_id))
     return await forward(request.app.state.http, request.app.state.settings.screening_url, request)
+
+
+@router.get("/api/analytics/{rest:path}", tags=["analytics"])
+async def analytics_routes(rest: str, request: Request, principal: Authenticated) -> Response:
+    """The organisation's screening counts and the model's card, answered by the screening service."""
+    await limited(request, "default", str(principal.user_id))
+    return await forward(request.app.state.http, request.app.state.settings.screening_url, request)
+
+
+@router.get("/api/events/asyncapi.json", tags=["events"])
+async def asyncapi(request: Request, principal: Authenticated) -> Response:
+    """The AsyncAPI document of every topic and event, generated from the contracts (docs/event-stream.md)."""
+    await limited(request, "default", str(principal.user_id))
+    return Response(asyncapi_json(), media_type="application/json")
 
 
 RECORD_METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE"]

@@ -12,7 +12,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from gateway import api, handlers, store
+from gateway import api, batch_api, handlers, store
 from gateway.intake import Intake
 from gateway.middleware import EdgeMiddleware
 from gateway.outcomes import Outcomes
@@ -45,18 +45,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await broker.start()
     intake = Intake(engine, broker, PhiCipher(settings.phi_keys()), outcomes)
     redelivery = asyncio.create_task(intake.redeliver_forever(settings.redeliver_after_seconds))
+    batch_intake = batch_api.BatchIntake(engine, broker)
+    batch_redelivery = asyncio.create_task(batch_intake.redeliver_forever(settings.batch_redeliver_after_seconds))
     app.state.engine = engine
     app.state.token_verifier = verifier
     app.state.intake = intake
+    app.state.batch_intake = batch_intake
     app.state.http = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=200))
     app.state.ready = True
     try:
         yield
     finally:
         app.state.ready = False
-        redelivery.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await redelivery
+        for loop in (redelivery, batch_redelivery):
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
         await app.state.http.aclose()
         await broker.stop()
         await engine.dispose()
@@ -78,10 +82,12 @@ def create_app() -> FastAPI:
         settings.redis_url,
     )
     install_error_handlers(app)
+    app.include_router(batch_api.router)  # before api.router, whose /api/screening/{rest} would take its paths
     app.include_router(api.router)
     app.include_router(health_router(lambda: {"ready": app.state.ready}))
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
+                       body_limits={batch_api.UPLOAD_PATH: settings.batch_max_body_bytes})
     return app

@@ -17,18 +17,21 @@ DOCS_CSP = b"default-src 'self' 'unsafe-inline' cdn.jsdelivr.net; img-src 'self'
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_limits: dict[str, int] | None = None) -> None:
+        """``body_limits``: other ceilings for exact paths (a bulk upload is larger than any other request)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_limits = body_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            await _too_large(send, self.max_body_bytes)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _too_large(send, limit)
             return
         received = 0
 
@@ -37,7 +40,7 @@ class EdgeMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -55,7 +58,7 @@ class EdgeMiddleware:
         try:
             await self.app(scope, limited_receive, secured_send)
         except _BodyTooLarge:
-            await _too_large(send, self.max_body_bytes)
+            await _too_large(send, limit)
 
 
 class _BodyTooLarge(Exception):

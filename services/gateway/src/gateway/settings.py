@@ -2,6 +2,7 @@
 
 from pydantic import Field, SecretStr
 
+from shared.events.batch import MAX_BATCH_ROWS, MAX_CHUNK_ROWS
 from shared.settings import CommonSettings, fernet_keys
 
 
@@ -16,6 +17,17 @@ class GatewaySettings(CommonSettings):
     redeliver_after_seconds: float = Field(15.0, description="Re-publish accepted screenings not recorded by then")
     admission_timeout_seconds: float = Field(5.0, description="How long classify waits for its admission check")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
+    # Bulk screening (docs/bulk-screening.md)
+    batch_max_rows: int = Field(MAX_BATCH_ROWS, ge=1, le=MAX_BATCH_ROWS, description="Rows one upload may hold")
+    batch_max_body_bytes: int = Field(64 * 1_048_576, ge=1024, description="Larger batch uploads get 413")
+    batch_chunk_rows: int = Field(250, ge=1, le=MAX_CHUNK_ROWS,
+                                  description="Rows per ScreeningBatchRequested message (≤ 300: 1 MB messages)")
+    batch_admission_timeout_seconds: float = Field(
+        120.0, description="How long an upload waits for the bulk admission check")
+    batch_publish_wait_seconds: float = Field(
+        30.0, description="How long an upload waits for its chunks to be published before answering anyway")
+    batch_redeliver_after_seconds: float = Field(
+        30.0, description="Re-publish unrecorded chunks once no chunk has been recorded for this long")
     # Rate limits in the `limits` notation ("30/minute", "5/second;100/hour"); per client address for the
     # auth routes, per user elsewhere. Shared by all replicas through Redis when REDIS_URL is set.
     rate_limit_login: str = "30/minute"

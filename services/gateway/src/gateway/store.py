@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.events.batch import MAX_CHUNK_ROWS
+
 SCHEMA = "gateway"
 
 
@@ -98,3 +100,115 @@ async def is_pending(conn: AsyncConnection, screening_id: uuid.UUID, tenant_id: 
         {"s": screening_id, "t": tenant_id},
     )
     return bool(found)
+
+
+# -- bulk screening ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchChunk:
+    chunk: int
+    first_row: int
+    last_row: int
+    rows: int
+    command: bytes
+
+
+async def accept_batch(conn: AsyncConnection, job: dict[str, Any], chunks: Sequence[BatchChunk]) -> None:
+    """The job and every chunk command in one transaction: committed, the accepted rows are accepted."""
+    await conn.execute(
+        text("INSERT INTO batch_jobs (id, tenant_id, submitted_by, source, total, accepted, rejected, rejected_rows, "
+             "chunks) VALUES (:id, :tenant, :by, :source, :total, :accepted, :rejected, "
+             "CAST(:rejected_rows AS jsonb), :chunks)"),
+        job | {"rejected_rows": json.dumps(job["rejected_rows"])},
+    )
+    await conn.execute(
+        text("INSERT INTO batch_chunks (job_id, chunk, first_row, last_row, rows, command) "
+             "VALUES (:job, :chunk, :first, :last, :rows, :command)"),
+        [{"job": job["id"], "chunk": c.chunk, "first": c.first_row, "last": c.last_row, "rows": c.rows,
+          "command": c.command} for c in chunks],
+    )
+
+
+async def record_batch_chunk(conn: AsyncConnection, job_id: uuid.UUID, chunk: int, outcomes: str, *,
+                             recorded: int, classified: int, risk_low: int, risk_intermediate: int,
+                             risk_high: int) -> bool:
+    """Close a chunk and add its counts to the job, once: False when the chunk was already recorded."""
+    closed = await conn.scalar(
+        text("WITH closed AS (UPDATE batch_chunks SET recorded_at = now(), outcomes = CAST(:outcomes AS jsonb) "
+             "  WHERE job_id = :job AND chunk = :chunk AND recorded_at IS NULL RETURNING job_id) "
+             "UPDATE batch_jobs j SET recorded = j.recorded + :recorded, classified = j.classified + :classified, "
+             "risk_low = j.risk_low + :low, risk_intermediate = j.risk_intermediate + :intermediate, "
+             "risk_high = j.risk_high + :high, progressed_at = now(), "
+             "completed_at = CASE WHEN j.recorded + :recorded >= j.accepted THEN now() END "
+             "FROM closed WHERE j.id = closed.job_id RETURNING j.id"),
+        {"job": job_id, "chunk": chunk, "outcomes": outcomes, "recorded": recorded, "classified": classified,
+         "low": risk_low, "intermediate": risk_intermediate, "high": risk_high},
+    )
+    return closed is not None
+
+
+_JOB_COLUMNS = (
+    "id, tenant_id, source, created_at, completed_at, total, accepted, rejected, recorded, classified, risk_low, "
+    "risk_intermediate, risk_high"
+)
+
+
+async def batch_job(conn: AsyncConnection, job_id: uuid.UUID, tenant_id: uuid.UUID, *,
+                    rejected_rows: int) -> dict[str, Any] | None:
+    """A job of this tenant (None for another tenant's: they cannot tell it exists), with its first
+    ``rejected_rows`` rejected rows."""
+    row = (await conn.execute(
+        text(f"SELECT {_JOB_COLUMNS}, (SELECT coalesce(jsonb_agg(r.e ORDER BY r.i), '[]'::jsonb) FROM "
+             "jsonb_array_elements(rejected_rows) WITH ORDINALITY AS r(e, i) WHERE r.i <= :n) AS rejected_rows "
+             "FROM batch_jobs WHERE id = :id AND tenant_id = :tenant"),
+        {"id": job_id, "tenant": tenant_id, "n": rejected_rows},
+    )).mappings().first()
+    return {k: (json.loads(v) if isinstance(v, str) and k == "rejected_rows" else v)
+            for k, v in row.items()} if row else None
+
+
+async def batch_outcomes(conn: AsyncConnection, job_id: uuid.UUID, *, after: int, limit: int) -> list[dict[str, Any]]:
+    """Recorded rows numbered above ``after``, in row order, at most ``limit``. Chunks are consecutive runs of
+    rows, so only the first recorded chunks past ``after`` that can hold ``limit`` rows are opened (the first
+    of them may hold up to a chunk's worth of rows at or before ``after``)."""
+    rows = await conn.execute(
+        text("SELECT o.value FROM (SELECT outcomes, sum(rows) OVER (ORDER BY first_row) - rows AS before "
+             "  FROM batch_chunks WHERE job_id = :job AND last_row > :after AND recorded_at IS NOT NULL) c "
+             "CROSS JOIN LATERAL jsonb_array_elements(c.outcomes) o "
+             "WHERE c.before < :window AND (o.value->>'row')::int > :after "
+             "ORDER BY (o.value->>'row')::int LIMIT :limit"),
+        {"job": job_id, "after": after, "limit": limit, "window": limit + MAX_CHUNK_ROWS},
+    )
+    return [json.loads(v) if isinstance(v, str) else v for (v,) in rows]
+
+
+async def batch_rejected(conn: AsyncConnection, job_id: uuid.UUID, tenant_id: uuid.UUID, *, after: int,
+                         limit: int) -> list[dict[str, Any]] | None:
+    """Rejected rows of a job of this tenant with a row number above ``after`` (None: no such job)."""
+    found = await conn.scalar(text("SELECT 1 FROM batch_jobs WHERE id = :id AND tenant_id = :tenant"),
+                              {"id": job_id, "tenant": tenant_id})
+    if not found:
+        return None
+    rows = await conn.execute(
+        text("SELECT r.e FROM batch_jobs j CROSS JOIN LATERAL jsonb_array_elements(j.rejected_rows) AS r(e) "
+             "WHERE j.id = :id AND (r.e->>'row')::int > :after ORDER BY (r.e->>'row')::int LIMIT :limit"),
+        {"id": job_id, "after": after, "limit": limit},
+    )
+    return [json.loads(v) if isinstance(v, str) else v for (v,) in rows]
+
+
+async def claim_stalled_chunks(conn: AsyncConnection, idle_seconds: float, limit: int = 100) -> list[bytes]:
+    """Unrecorded chunk commands, claimed for re-publishing, but only while no chunk at all has been recorded
+    for ``idle_seconds``: a busy pipeline is working through a backlog, and re-publishing it would double it.
+    Claimed with ``SKIP LOCKED`` so that concurrent gateways do not both resend."""
+    rows = await conn.scalars(
+        text("UPDATE batch_chunks SET published_at = now() WHERE (job_id, chunk) IN ("
+             "  SELECT job_id, chunk FROM batch_chunks WHERE recorded_at IS NULL "
+             "  AND published_at < now() - make_interval(secs => :idle) "
+             "  AND NOT EXISTS (SELECT 1 FROM batch_chunks r "
+             "                  WHERE r.recorded_at > now() - make_interval(secs => :idle)) "
+             "  ORDER BY published_at, job_id, chunk LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING command"),
+        {"idle": idle_seconds, "limit": limit},
+    )
+    return list(rows.all())

@@ -6,7 +6,7 @@ import json
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 
-from inference import handlers
+from inference import api, handlers
 from inference.model import B12Model, ModelArtifactError
 from inference.settings import InferenceSettings
 from shared.kafka import ensure_topics, make_broker
@@ -43,7 +43,8 @@ def create_app() -> AsgiFastStream:
 
     return AsgiFastStream(
         broker,
-        asgi_routes=[("/health/live", live), ("/health/ready", ready)],
+        asgi_routes=[("/health/live", live), ("/health/ready", ready),
+                     (api.MODEL_CARD_PATH, api.model_card_route(model))],
         on_startup=[create_topics],
         after_startup=[mark_ready],
     )

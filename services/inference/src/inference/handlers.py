@@ -1,8 +1,10 @@
-"""Subscriber: assess every requested screening, micro-batching the requests that arrive together."""
+"""Subscribers: assess every requested screening, micro-batching the requests that arrive together; assess
+every chunk of a bulk screening, several chunks in one model call."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from typing import Any
 
@@ -11,15 +13,17 @@ from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from inference.model import B12Model
+from inference.settings import InferenceSettings
 from shared.events import Actor, Envelope, Topic, new_envelope
+from shared.events import batch as batch_ev
 from shared.events import screening as ev
 from shared.events.envelope import derived_event_id
-from shared.kafka import at_least_once, publish
-from shared.settings import CommonSettings
+from shared.kafka import at_least_once, publish, publish_many
 
 log = logging.getLogger(__name__)
 SERVICE_ACTOR = Actor(role="service", service="inference")
 RequestEnvelope = Envelope[ev.ScreeningRequestedV1]
+BatchRequestEnvelope = Envelope[batch_ev.ScreeningBatchRequestedV1]
 
 
 def classified(model: B12Model, requests: list[RequestEnvelope]) -> list[Envelope[Any]]:
@@ -37,7 +41,57 @@ def classified(model: B12Model, requests: list[RequestEnvelope]) -> list[Envelop
     ]
 
 
-def register(broker: KafkaBroker, settings: CommonSettings, model: B12Model, batch_size: int) -> None:
+def assessed(model: B12Model, cbcs: list[ev.CompleteBloodCount]) -> list[ev.Assessment | str]:
+    """Every CBC assessed in one model call. Should the model refuse the call, row by row: a row it cannot
+    assess gets a reason instead (recorded as rejected) and does not hold up the others."""
+    features = np.array([c.as_features() for c in cbcs], dtype=np.float64)
+    try:
+        return list(model.assess(features))
+    except ValueError:
+        log.warning("the model refused a batch of %d rows; assessing them one by one", len(cbcs))
+    results: list[ev.Assessment | str] = []
+    for row in features:
+        try:
+            results.append(model.assess(row[None, :])[0])
+        except ValueError as problem:
+            results.append(f"the model could not assess this CBC: {problem}")
+    return results
+
+
+def parsed_chunks(messages: list[bytes]) -> list[BatchRequestEnvelope]:
+    chunks = []
+    for raw in messages:
+        try:
+            chunks.append(BatchRequestEnvelope.model_validate_json(raw))
+        except ValidationError as exc:  # a contract breach: kept by the audit ledger, logged by field only
+            fields = sorted({".".join(map(str, e["loc"][:2])) for e in exc.errors()})
+            log.error("unreadable batch chunk skipped: %s", fields)
+    return chunks
+
+
+def classified_chunks(model: B12Model, messages: list[bytes]) -> list[Envelope[Any]]:
+    """The chunks' rows in one model call; one ``ScreeningBatchClassified`` per chunk, its id derived from the
+    chunk's (a redelivered chunk yields the same event)."""
+    chunks = parsed_chunks(messages)
+    results = iter(assessed(model, [r.cbc for c in chunks for r in c.payload.rows]))
+    outgoing = []
+    for c in chunks:
+        rows = []
+        for request in c.payload.rows:
+            result = next(results)
+            rows.append(batch_ev.ClassifiedRow(
+                request=request, assessment=result if isinstance(result, ev.Assessment) else None,
+                rejection_reason=result if isinstance(result, str) else None))
+        kind, version = batch_ev.SCREENING_BATCH_CLASSIFIED
+        outgoing.append(new_envelope(
+            batch_ev.ScreeningBatchClassifiedV1(job_id=c.payload.job_id, chunk=c.payload.chunk, rows=rows,
+                                                requested_at=c.payload.requested_at),
+            event_type=kind, event_version=version, tenant_id=c.tenant_id, actor=SERVICE_ACTOR, causation=c,
+            event_id=derived_event_id(c.event_id, kind)))
+    return outgoing
+
+
+def register(broker: KafkaBroker, settings: InferenceSettings, model: B12Model, batch_size: int) -> None:
     @broker.subscriber(Topic.SCREENING_REQUESTED, batch=True, max_records=batch_size, batch_timeout_ms=5,
                        **at_least_once(settings, "inference"))
     async def assess_screenings(messages: list[bytes]) -> None:
@@ -56,3 +110,16 @@ def register(broker: KafkaBroker, settings: CommonSettings, model: B12Model, bat
             else classified(model, requests)
         await asyncio.gather(*(publish(broker, Topic.SCREENING_CLASSIFIED, e,
                                        key=str(e.payload.request.screening_id)) for e in outgoing))
+
+    bulk_model = model
+    if settings.batch_thread_count != model.thread_count:  # same trees, another CatBoost thread count
+        bulk_model = copy.copy(model)
+        bulk_model.thread_count = settings.batch_thread_count
+
+    @broker.subscriber(Topic.SCREENING_BATCH_REQUESTED, batch=True, max_records=settings.batch_chunks_per_call,
+                       batch_timeout_ms=5, **at_least_once(settings, "inference-batch",
+                                                           fetch_max_wait_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS))
+    async def assess_screening_batches(messages: list[bytes]) -> None:
+        outgoing = await asyncio.to_thread(classified_chunks, bulk_model, messages)
+        await publish_many(broker, Topic.SCREENING_BATCH_CLASSIFIED, outgoing,
+                           key=lambda e: str(e.payload.job_id))

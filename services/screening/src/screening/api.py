@@ -7,26 +7,35 @@ calls it (with the caller's token) before accepting a classify request.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from datetime import datetime
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from screening import domain, store
+from screening import export as ex
 from screening import record_store as rs
 from screening.access import ADMIN, CLINICIANS, ORG_ROLES, RECORD_KEEPERS, Tenant, tenant
 from shared.events import records as ev
 from shared.events.screening import Assessment, Sex
+from shared.tokens import Role
 
 router = APIRouter(tags=["screenings"])
 Clinician = Annotated[Tenant, Depends(tenant(*CLINICIANS))]
 Exporter = Annotated[Tenant, Depends(tenant(*ADMIN))]
 Member = Annotated[Tenant, Depends(tenant(*ORG_ROLES))]
 Screener = Annotated[Tenant, Depends(tenant(*RECORD_KEEPERS))]
-EXPORT_LIMIT = 10_000
 
 
 class Screening(BaseModel):
@@ -100,30 +109,141 @@ async def history(t: Clinician, where: Filter, limit: Annotated[int, Query(ge=1,
                          if len(rows) == limit else None)
 
 
-@router.get("/api/screening/export", tags=["screenings"],
-            responses={200: {"content": {"text/csv": {}}, "description": "CSV, names included"}})
-async def export(t: Exporter, where: Filter) -> Response:
-    """The organisation's screenings (newest first, at most 10 000) as CSV; the export is an event."""
-    async with t.tx() as conn:
-        rows = await store.history(conn, limit=EXPORT_LIMIT, before=None, where=where, doctor_user=t.doctor_user)
-        items = [_present(r, t) for r in rows]
-        await t.emit(conn, ev.RecordsExportedV1(resource="screenings", format="csv", row_count=len(items),
-                                                patient_count=len({s.patient_id for s in items}),
-                                                filters=where.used()))
-    body = domain.csv_text(
-        {"screening_id": s.id, "recorded_at": s.recorded_at, "requested_at": s.requested_at, "status": s.status,
-         "patient_id": s.patient_id, "patient_external_id": s.patient_external_id, "patient_name": s.patient_name,
-         "lab_id": s.lab_id, "doctor_id": s.doctor_id,
-         "label": s.assessment.label.value if s.assessment else None,
-         "risk_class": int(s.assessment.risk_class) if s.assessment else None,
-         "p_normal": s.assessment.probabilities.normal if s.assessment else None,
-         "p_borderline": s.assessment.probabilities.borderline if s.assessment else None,
-         "p_deficient": s.assessment.probabilities.deficient if s.assessment else None,
-         "model_version": s.assessment.model.version if s.assessment else None}
-        for s in items
-    )
-    return Response(body, media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": 'attachment; filename="screenings.csv"'})
+# -- export ----------------------------------------------------------------------------------------------
+
+#: Who exports: org admins (everything) and doctors (their referred patients only, as in their history).
+EXPORT_ROLES = (Role.ORG_ADMIN, Role.DOCTOR)
+#: Screenings read per keyset page; FHIR pages are smaller because their text is ~20-35 times larger.
+EXPORT_PAGE_ROWS = {ex.ExportFormat.CSV: 1000, ex.ExportFormat.FHIR: 200, ex.ExportFormat.NDJSON: 200}
+EXPORT_TYPE_HELP = "The resource type of an NDJSON export (format=ndjson only)"
+EXPORT_SUFFIXES = {ex.ExportFormat.CSV: "csv", ex.ExportFormat.FHIR: "json", ex.ExportFormat.NDJSON: "ndjson"}
+Exporting = Annotated[Tenant, Depends(tenant(*EXPORT_ROLES))]
+log = logging.getLogger(__name__)
+
+
+def _no_name(_: str | None) -> None:
+    return None
+
+
+class _ExportRun:
+    """One export: a snapshot read page by page, rendered off the event loop, with two events: one committed
+    before the first byte (so every export that starts is on record) and one when it ends, however it ends."""
+
+    def __init__(self, t: Tenant, where: store.HistoryFilter, fmt: ex.ExportFormat, writer: ex.ExportWriter,
+                 started: ev.RecordsExportStartedV1, conn: AsyncConnection, snapshot: AsyncExitStack) -> None:
+        self.t, self.where, self.fmt, self.writer, self.started = t, where, fmt, writer, started
+        self._conn, self._snapshot, self._ended = conn, snapshot, False
+
+    @classmethod
+    async def start(cls, t: Tenant, where: store.HistoryFilter, fmt: ex.ExportFormat,
+                    resource_type: ex.ResourceType | None) -> _ExportRun:
+        export_id = uuid.uuid4()
+        names = t.principal.role in CLINICIANS  # the roles that read screenings read the names in them
+        name_of = t.vault.open if names else _no_name
+        writer: ex.ExportWriter
+        if fmt is ex.ExportFormat.CSV:
+            writer = ex.CsvWriter(t.org, name_of)
+        elif fmt is ex.ExportFormat.FHIR:
+            writer = ex.BundleWriter(t.org, name_of, export_id, datetime.now(UTC))
+        else:
+            assert resource_type is not None
+            writer = ex.NdjsonWriter(t.org, name_of, resource_type)
+        snapshot = AsyncExitStack()
+        try:
+            conn = await snapshot.enter_async_context(store.snapshot(t.engine, t.schema))
+            screenings, patients = await store.export_counts(conn, where, t.doctor_user)
+            started = ev.RecordsExportStartedV1(
+                export_id=export_id, resource="screenings", format=fmt.value,
+                resource_type=resource_type.value if resource_type else None, filters=where.used(),
+                screening_count=screenings, patient_count=patients, names_included=names)
+            async with t.tx() as audit:
+                await t.emit(audit, started)
+        except BaseException:
+            await snapshot.aclose()
+            raise
+        return cls(t, where, fmt, writer, started, conn, snapshot)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.started.resource_type or 'screenings'}-{self.started.export_id}.{EXPORT_SUFFIXES[self.fmt]}"
+
+    async def body(self) -> AsyncIterator[bytes]:
+        completed = False
+        conn, where, doctor, rows = self._conn, self.where, self.t.doctor_user, EXPORT_PAGE_ROWS[self.fmt]
+        try:
+            yield self.writer.head()
+            if self.writer.with_patients:
+                after: uuid.UUID | None = None
+                while patients := await store.export_patients(conn, where, doctor, after=after, limit=rows):
+                    yield await run_in_threadpool(self.writer.patients, patients)
+                    after = patients[-1].id
+            if self.writer.with_screenings:
+                before: tuple[datetime, uuid.UUID] | None = None
+                while screenings := await store.export_screenings(conn, where, doctor, before=before, limit=rows):
+                    yield await run_in_threadpool(self.writer.screenings, screenings)
+                    before = (screenings[-1].recorded_at, screenings[-1].id)
+            yield self.writer.tail()
+            completed = True
+        except ex.InvalidResource as error:  # never emitted: the response is cut off without its last chunk
+            log.error("export %s cut off: the FHIR library refuses what it would emit: %s",
+                      self.started.export_id, error)
+            raise
+        finally:
+            await self.end(completed)
+
+    async def end(self, completed: bool) -> None:
+        """Release the snapshot and record how the export ended, once; shielded, as the client may be gone."""
+        if self._ended:
+            return
+        self._ended = True
+        s = self.started
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._snapshot.aclose()
+            except Exception:  # e.g. a query cancelled midway: the connection is dropped, the end still recorded
+                log.warning("export %s: its snapshot did not close cleanly", s.export_id, exc_info=True)
+            try:
+                async with self.t.tx() as audit:
+                    await self.t.emit(audit, ev.RecordsExportedV1(
+                        resource=s.resource, format=s.format, row_count=self.writer.rows,
+                        patient_count=s.patient_count, filters=s.filters, export_id=s.export_id,
+                        resource_type=s.resource_type, completed=completed))
+            except Exception:
+                log.warning("the end of export %s is not recorded (its start is)", s.export_id, exc_info=True)
+
+
+class _ExportResponse(StreamingResponse):
+    """Ends the export even when its body was never read (the client left before the first byte)."""
+
+    def __init__(self, run: _ExportRun, **options: Any) -> None:
+        super().__init__(run.body(), **options)
+        self.run = run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.run.end(completed=False)
+
+
+@router.get("/api/screening/export", tags=["screenings"], responses={200: {
+    "content": {media: {} for media in ex.MEDIA_TYPES.values()},
+    "description": "Streamed: CSV (header row; names where the role may see them), a FHIR R4 Bundle "
+                   "(collection) or FHIR NDJSON of one resource type"}})
+async def export(
+    t: Exporting, where: Filter,
+    format_: Annotated[ex.ExportFormat, Query(alias="format")] = ex.ExportFormat.CSV,
+    type_: Annotated[ex.ResourceType | None, Query(alias="type", description=EXPORT_TYPE_HELP)] = None,
+) -> Response:
+    """The screenings the history's filters select (newest first), streamed in constant memory from one
+    consistent snapshot; each export is an event when it starts and when it ends (docs/export.md)."""
+    if (format_ is ex.ExportFormat.NDJSON) != (type_ is not None):
+        message = "only with format=ndjson" if type_ else \
+            "required with format=ndjson: Patient, Observation, RiskAssessment or DiagnosticReport"
+        raise RequestValidationError([{"loc": ("query", "type"), "msg": message, "type": "value_error"}])
+    run = await _ExportRun.start(t, where, format_, type_)
+    return _ExportResponse(run, media_type=ex.MEDIA_TYPES[format_],
+                           headers={"content-disposition": f'attachment; filename="{run.filename}"'})
 
 
 @router.get("/api/screenings/{screening_id}", response_model=Screening)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from screening import api, domain, handlers, records_api, store
+from screening import analytics, analytics_stream, api, batch, domain, handlers, records_api, store
 from screening.outbox import Outbox
 from screening.phi import PhiVault
 from screening.settings import ScreeningSettings
@@ -69,6 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                         partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-screening")
     handlers.register(broker, settings, registry, settings.record_batch_size)
+    analytics_stream.register(broker, settings, registry)  # de-identified screenings for analytics
     watch_revocations(broker, verifier, settings)  # identity: deactivations, revoked sessions
     await broker.start()
     outbox = Outbox(engine, broker)
@@ -99,5 +100,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(records_api.router)
+    app.include_router(batch.router)
+    app.include_router(analytics.router)
     app.include_router(health_router(lambda: {"ready": app.state.ready}))
     return app

@@ -1,10 +1,9 @@
-"""Rules of the clinical records, without I/O: admission of a screening, patient changes, cursors, exports."""
+"""Rules of the clinical records, without I/O: admission of a screening, patient changes, cursors, and the
+records an export is made of (their CSV and FHIR forms are in ``screening.export``)."""
 
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -109,24 +108,42 @@ def missing_keys(used: Iterable[str | None], configured: Iterable[str]) -> set[s
 
 # -- export ----------------------------------------------------------------------------------------------
 
-EXPORT_COLUMNS = (
-    "screening_id", "recorded_at", "requested_at", "status", "patient_id", "patient_external_id", "patient_name",
-    "lab_id", "doctor_id", "label", "risk_class", "p_normal", "p_borderline", "p_deficient", "model_version",
-)
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """A patient of the export (names are still ciphertexts: they are opened only while rendering)."""
+
+    id: uuid.UUID
+    external_id: str
+    name_ciphertext: str | None
+    sex: str | None
 
 
-def csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in EXPORT_COLUMNS})
-    return out.getvalue()
+@dataclass(frozen=True)
+class ScreeningRecord:
+    """One screening as exported: its CBC, the model's output (None when rejected) and who it concerns."""
 
+    id: uuid.UUID
+    patient_id: uuid.UUID
+    patient_external_id: str
+    patient_name_ciphertext: str | None
+    status: str
+    cbc: Mapping[str, Any]
+    label: str | None
+    risk_class: int | None
+    p_normal: float | None
+    p_borderline: float | None
+    p_deficient: float | None
+    model_version: str | None
+    model_artifacts_sha256: str | None
+    rejection_reason: str | None
+    lab_id: uuid.UUID | None
+    doctor_id: uuid.UUID | None
+    consent_id: uuid.UUID | None
+    requested_at: datetime
+    recorded_at: datetime
 
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value  # a spreadsheet must not evaluate a name as a formula
-    return "" if value is None else value
+    @property
+    def assessed(self) -> bool:
+        """A rejected screening has no model output."""
+        return self.label is not None

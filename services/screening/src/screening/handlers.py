@@ -16,13 +16,14 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from screening import record_store, store
+from screening import batch, record_store, store
 from shared.db import in_schema
 from shared.events import Actor, Envelope, Topic, new_envelope
 from shared.events import identity as id_ev
 from shared.events import screening as ev
+from shared.events.batch import BATCH_FETCH_MAX_WAIT_MS
 from shared.events.envelope import derived_event_id
-from shared.kafka import at_least_once, publish
+from shared.kafka import at_least_once, publish, publish_many
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,17 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
             outgoing += [recorded_event(row, causes[row.id], tenant) for row in stored]
         await asyncio.gather(*(publish(broker, Topic.SCREENING_RECORDED, e, key=str(e.payload.screening_id))
                                for e in outgoing))
+
+    @broker.subscriber(Topic.SCREENING_BATCH_CLASSIFIED, **at_least_once(
+        settings, "screening-batch-recorder", fetch_max_wait_ms=BATCH_FETCH_MAX_WAIT_MS))
+    async def record_screening_batch(raw: bytes) -> None:
+        """A classified chunk stored in one transaction, then announced (see ``screening.batch``)."""
+        envelope = batch.decode_classified(raw)
+        if envelope is None:
+            return
+        recorded, chunk_recorded = await batch.record_chunk(registry, envelope)
+        await publish_many(broker, Topic.SCREENING_RECORDED, recorded, key=lambda e: str(e.payload.screening_id))
+        await publish(broker, Topic.SCREENING_BATCH_RECORDED, chunk_recorded, key=str(envelope.payload.job_id))
 
     @broker.subscriber(Topic.IDENTITY, **at_least_once(settings, "screening-tenants"))
     async def provision_tenant(raw: bytes) -> None:

@@ -17,6 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events.screening import Assessment, CompleteBloodCount, Label, PatientReference, RiskClass
 
+#: Most rows a chunk may hold. A classified row is at most about 3 KB of JSON (an assessment with every finding
+#: is ≈ 2 KB, its request ≈ 0.7 KB with a 64-character patient id), so a classified chunk of 300 rows stays
+#: below 1 MB, the default ``max_request_size`` of aiokafka and ``message.max.bytes`` of Kafka.
+MAX_CHUNK_ROWS = 300
+#: Most rows one upload may hold.
+MAX_BATCH_ROWS = 100_000
+#: Long-poll ceiling of the bulk consumers: a chunk is never in a hurry, and an idle consumer polling every 5 ms
+#: (the platform's ceiling, for classify) costs the broker 200 empty fetches a second.
+BATCH_FETCH_MAX_WAIT_MS = 100
+
 
 class BatchRow(BaseModel):
     """One accepted row: its position in the uploaded file (1-based data row) and the screening it became."""

@@ -88,12 +88,37 @@ class PhiViewedV1(_Event):
     record_count: int
 
 
-class RecordsExportedV1(_Event):
+ExportFormat = Literal["csv", "fhir", "ndjson"]
+ExportResourceType = Literal["Patient", "Observation", "RiskAssessment", "DiagnosticReport"]
+
+
+class RecordsExportStartedV1(_Event):
+    """An export is about to stream (committed before its first byte, so even an export the client abandons
+    is on record): what it holds, in which form, and whether names are in it. ``export_id`` links it to its
+    ``RecordsExported`` and is the id of an exported FHIR Bundle."""
+
+    export_id: uuid.UUID
     resource: Literal["screenings"]
-    format: Literal["csv"]
+    format: ExportFormat
+    resource_type: ExportResourceType | None
+    filters: list[str]
+    screening_count: int
+    patient_count: int
+    names_included: bool
+
+
+class RecordsExportedV1(_Event):
+    """An export ended. ``row_count``: records written (CSV data rows, NDJSON lines, Bundle entries);
+    ``completed`` is false when the stream stopped early (the client left, or an error)."""
+
+    resource: Literal["screenings"]
+    format: ExportFormat
     row_count: int
     patient_count: int
     filters: list[str]
+    export_id: uuid.UUID | None = None
+    resource_type: ExportResourceType | None = None
+    completed: bool = True
 
 
 class ScreeningAdmissionRefusedV1(_Event):
@@ -116,6 +141,7 @@ CONSENT_RECORDED = ("ConsentRecorded", 1)
 CONSENT_REVOKED = ("ConsentRevoked", 1)
 CONSENT_POLICY_CHANGED = ("ConsentPolicyChanged", 1)
 PHI_VIEWED = ("PhiViewed", 1)
+RECORDS_EXPORT_STARTED = ("RecordsExportStarted", 1)
 RECORDS_EXPORTED = ("RecordsExported", 1)
 SCREENING_ADMISSION_REFUSED = ("ScreeningAdmissionRefused", 1)
 
@@ -126,5 +152,6 @@ KINDS: dict[type[BaseModel], tuple[str, int]] = {
     PatientCreatedV1: PATIENT_CREATED, PatientUpdatedV1: PATIENT_UPDATED,
     ConsentRecordedV1: CONSENT_RECORDED, ConsentRevokedV1: CONSENT_REVOKED,
     ConsentPolicyChangedV1: CONSENT_POLICY_CHANGED, PhiViewedV1: PHI_VIEWED, RecordsExportedV1: RECORDS_EXPORTED,
+    RecordsExportStartedV1: RECORDS_EXPORT_STARTED,
     ScreeningAdmissionRefusedV1: SCREENING_ADMISSION_REFUSED,
 }

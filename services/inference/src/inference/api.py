@@ -1,0 +1,44 @@
+"""Internal HTTP routes of the inference worker besides health: the card of the model it serves.
+
+``GET /internal/model-card`` is for other services (the screening service's analytics summary); the gateway
+routes no client to it. It answers with what the verified model directory says (``card.json``, the
+manifest's identity), never with figures of its own. The card holds no patient data.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from faststream.asgi import AsgiResponse, get
+from faststream.asgi.handlers import HttpHandler
+
+from inference.model import B12Model
+
+MODEL_CARD_PATH = "/internal/model-card"
+
+
+def card_summary(model: B12Model) -> dict[str, Any]:
+    """Identity, measured metrics (with bootstrap intervals), operating point and limits of the model."""
+    card = model.card()
+    return {
+        "version": model.version,
+        "artifacts_sha256": model.identity.artifacts_sha256,
+        "name": card["model"]["name"],
+        "status": card["status"],
+        "intended_use": card["intended_use"],
+        "metrics": card["metrics"],
+        "thresholds": card["thresholds"],
+        "splits": card["splits"],
+        "limitations": card["limitations"],
+    }
+
+
+def model_card_route(model: B12Model) -> HttpHandler:
+    body = json.dumps(card_summary(model)).encode()
+
+    @get
+    async def model_card(scope: object) -> AsgiResponse:
+        return AsgiResponse(body, 200, {"content-type": "application/json"})
+
+    return model_card

@@ -1,0 +1,60 @@
+"""Helpers of the analytics tests: reading a topic as raw records, the CBCs that give each risk class."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from tests.conftest import HEALTHY_CBC
+
+#: Panels the shipped model puts in risk class 2, 3 and 1 (the summary counts whatever the model says).
+CBC_BY_EXPECTED_CLASS: dict[int, dict[str, Any]] = {
+    2: HEALTHY_CBC,
+    3: {"hb": 9.1, "rbc": 2.6, "hct": 28.9, "mcv": 111, "mch": 35.0, "mchc": 31.5, "rdw": 18.2, "wbc": 3.4,
+        "platelets": 120, "neutrophils_pct": 55, "lymphocytes_pct": 35, "age": 67, "sex": "female"},
+    1: {"hb": 13.5, "rbc": 4.5, "hct": 40.0, "mcv": 89, "mch": 30.0, "mchc": 33.7, "rdw": 12.5, "wbc": 7.0,
+        "platelets": 250, "neutrophils_pct": 55, "lymphocytes_pct": 35, "age": 25, "sex": "female"},
+}
+ANALYTICS_TOPIC = "clinomic.analytics.screenings"
+
+
+async def read_topic(bootstrap: str, topic: str, until: Callable[[list[ConsumerRecord[bytes, bytes]]], bool],
+                     timeout: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """The topic's records from the beginning (key, value, headers as published) until ``until`` holds."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"probe-{uuid.uuid4().hex}",
+                                auto_offset_reset="earliest", fetch_max_wait_ms=5, enable_auto_commit=False)
+    await consumer.start()
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not until(found):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{topic}: not met after {timeout} s ({len(found)} records read)")
+            batch = await consumer.getmany(timeout_ms=200)
+            found += [record for records in batch.values() for record in records]
+    finally:
+        await consumer.stop()
+    return found
+
+
+def of_tenant(records: list[ConsumerRecord[bytes, bytes]], tenant: str) -> list[dict[str, Any]]:
+    return [e for e in (json.loads(r.value) for r in records if r.value) if e["tenant_id"] == tenant]
+
+
+def carries(tenant: str, screening_ids: set[str]) -> Callable[[list[ConsumerRecord[bytes, bytes]]], bool]:
+    """Whether records read so far hold a de-identified event of the tenant for each of ``screening_ids``."""
+    def complete(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        return screening_ids <= {e["payload"]["screening_id"] for e in of_tenant(records, tenant)}
+
+    return complete
+
+
+async def analytics_events(bootstrap: str, tenant: str, screening_ids: set[str]) -> list[dict[str, Any]]:
+    """The tenant's de-identified events, once one has arrived for each of ``screening_ids``."""
+    return of_tenant(await read_topic(bootstrap, ANALYTICS_TOPIC, carries(tenant, screening_ids)), tenant)
