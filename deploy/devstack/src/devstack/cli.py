@@ -25,6 +25,7 @@ def run(state_dir: Path = typer.Option(STATE_DIR, help="Where embedded data, sec
 Clinomic is running ({platform.infra}).
   API:    {gateway}
   Docs:   {gateway}/docs
+  Kafka:  {platform.env['KAFKA_BOOTSTRAP_SERVERS']}  (event stream: docs/event-stream.md)
   Logs:   {state_dir / 'logs'}
   Demo logins (password {stack.DEMO_PASSWORD}):
     admin_demo   organisation admin       lab_demo      lab technician
