@@ -48,6 +48,9 @@ Press Ctrl-C to stop.""")
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
+        # Ctrl-C reaches this process twice (from the terminal and forwarded by `uv run`): a second interrupt
+        # must not cut the shutdown short and leave services running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         typer.echo("stopping ...")
     typer.echo("stopped.")
 
