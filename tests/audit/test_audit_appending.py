@@ -16,7 +16,7 @@ from audit.handlers import Appender, item_of
 from audit.ledger import chain_id_for_tenant
 from audit.merkle import MerkleFrontier
 from devstack.stack import Platform
-from shared.kafka import encode
+from shared.kafka import encode, ensure_topics
 from tests.audit.conftest import (
     Org,
     ServiceKeys,
@@ -60,6 +60,22 @@ async def test_events_without_an_organisation_go_to_the_platform_chain(
             text("SELECT chain_id FROM audit.entries WHERE event_id = :e"), {"e": envelope.event_id}
         )
     assert chain == "platform"
+
+
+async def test_a_topic_created_after_start_is_audited_without_a_code_change(
+    engine: AsyncEngine, producer: AIOKafkaProducer, platform: Platform, org: Org
+) -> None:
+    topic = f"clinomic.new-family-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(platform.env["KAFKA_BOOTSTRAP_SERVERS"], [topic], partitions=1)
+    envelope = probe_envelope(org.id, 0)
+    await publish(producer, [envelope], topic=topic)
+    # The subscriber matches topics by pattern; the broker's metadata is re-read every few seconds.
+    await wait_appended(engine, [envelope.event_id], timeout=60.0)
+    async with engine.connect() as conn:
+        chain = await conn.scalar(
+            text("SELECT chain_id FROM audit.entries WHERE event_id = :e"), {"e": envelope.event_id}
+        )
+    assert chain == org.chain_id
 
 
 async def test_a_duplicate_delivery_appends_nothing(
@@ -175,3 +191,29 @@ async def test_copies_within_one_batch_are_appended_once_in_first_seen_order(
             )
         )
     assert order == [first.event_id, second.event_id]
+
+
+async def test_a_batch_larger_than_a_part_is_appended_whole_in_order_and_once(
+    runtime_engine: AsyncEngine, platform: Platform, service_keys: ServiceKeys
+) -> None:
+    tenant = uuid.uuid4()
+    messages = [(encode(probe_envelope(tenant, n)), "clinomic.identity") for n in range(23)]
+    appender = Appender(runtime_engine, "k1", platform.env["AUDIT_SIGNING_KEY"].encode(), part_size=10)
+    assert await appender.append_raw(messages) == 23
+    assert await appender.append_raw(messages) == 0  # redelivered whole: every part is known
+    async with runtime_engine.connect() as conn:
+        order = list(
+            await conn.scalars(
+                text("SELECT event_id FROM entries WHERE chain_id = :c ORDER BY seq"),
+                {"c": chain_id_for_tenant(tenant)},
+            )
+        )
+    assert order == [item_of(raw, topic).event_id for raw, topic in messages]
+    report = await check_chain(
+        runtime_engine,
+        chain_id_for_tenant(tenant),
+        hmac_keys=service_keys.hmac,
+        public_keys=service_keys.public,
+        head_log=service_keys.head_log,
+    )
+    assert report.ok, report

@@ -84,3 +84,11 @@ async def test_a_break_in_a_later_segment_is_found_at_the_same_entry(
     alone, parallel = await both(runtime_engine, chain_id, service_keys, pool)
     assert (parallel.first_broken_seq, parallel.reason) == (17, "sequence gap")
     assert verdict(parallel) == verdict(alone)
+
+
+async def test_warming_the_pool_starts_every_worker_not_just_the_first_free_one(platform: Platform) -> None:
+    workers = VerifierPool(platform.env["AUDIT_DATABASE_URL"], 3)
+    try:
+        assert await workers.warm() == 3
+    finally:
+        workers.close()

@@ -86,14 +86,12 @@ async def test_an_inclusion_proof_fails_once_its_entry_is_changed(
     assert not inclusion_holds(answer, key)
 
 
-async def test_a_consistency_proof_between_two_signed_heads_verifies(
+async def consistency_between_two_heads(
     gateway: httpx.AsyncClient, probed: Probe
-) -> None:
+) -> tuple[Probed, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Two signed heads of one chain, three entries apart, and the consistency answer between them."""
     first = await probed(3)
     older, newer = first.head, (await probed(3)).head
-    key = await public_key(gateway, first.org.admin)
-    assert newer["tree_size"] > older["tree_size"]
-    assert verify_tree_head(older, key) and verify_tree_head(newer, key)
     answer = (
         await gateway.get(
             "/api/audit/consistency",
@@ -101,6 +99,16 @@ async def test_a_consistency_proof_between_two_signed_heads_verifies(
             params={"first": older["tree_size"], "second": newer["tree_size"]},
         )
     ).json()
+    return first, older, newer, answer
+
+
+async def test_a_consistency_proof_between_two_signed_heads_verifies(
+    gateway: httpx.AsyncClient, probed: Probe
+) -> None:
+    first, older, newer, answer = await consistency_between_two_heads(gateway, probed)
+    key = await public_key(gateway, first.org.admin)
+    assert newer["tree_size"] > older["tree_size"]
+    assert verify_tree_head(older, key) and verify_tree_head(newer, key)
     assert verify_consistency(
         older["tree_size"],
         newer["tree_size"],
@@ -108,6 +116,14 @@ async def test_a_consistency_proof_between_two_signed_heads_verifies(
         bytes.fromhex(newer["root_hash"]),
         [bytes.fromhex(p) for p in answer["proof"]],
     )
+
+
+async def test_a_consistency_proof_carries_the_signed_heads_of_both_sizes(
+    gateway: httpx.AsyncClient, probed: Probe
+) -> None:
+    _, older, newer, answer = await consistency_between_two_heads(gateway, probed)
+    assert (answer["first_tree_head"], answer["second_tree_head"]) == (older, newer)
+    assert (answer["first_root"], answer["second_root"]) == (older["root_hash"], newer["root_hash"])
 
 
 async def test_tree_heads_are_signed_by_the_published_key_and_also_written_outside_the_database(

@@ -4,6 +4,7 @@ so the running platform's outbox is not touched."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,10 +27,16 @@ class RecordingBroker:
         self.published: list[dict[str, Any]] = []
         self.fail = fail
 
-    async def publish(self, message: bytes, **options: Any) -> None:
+    async def publish(self, message: bytes, **options: Any) -> asyncio.Future[None] | None:
+        """Like FastStream's: with ``no_confirm`` the caller gets the broker's acknowledgement to await."""
         if self.fail:
             raise ConnectionError("broker down")
         self.published.append({"message": message} | options)
+        if not options.get("no_confirm"):
+            return None
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)
+        return acknowledged
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from devstack.stack import Platform
-from screening.store import CONTROL_MIGRATIONS, TENANT_MIGRATIONS
+from screening.store import CONTROL_MIGRATIONS, TENANT_MIGRATIONS, TenantRegistry
 from shared.db import create_engine, head_revision, in_schema, tenant_schema
 from tests.records.conftest import Tenant
 from tests.records.helpers import eventually, ok, platform_admin
@@ -94,6 +94,20 @@ async def test_provision_creates_the_schema_of_an_existing_organisation(platform
     ran = await asyncio.to_thread(cli, platform, "provision", str(org))
     assert ran.returncode == 0 and f"{tenant_schema(org)}\tprovisioned" in ran.stdout
     assert await _revision(engine, tenant_schema(org)) == head_revision(TENANT_MIGRATIONS)
+
+
+async def test_one_new_organisation_provisioned_from_several_places_at_once_gets_one_schema(
+    platform: Platform,
+) -> None:
+    """Its ``OrganizationCreated`` event and its first requests may all provision the schema together."""
+    org = uuid.uuid4()
+    engine = create_engine(platform.env["DATABASE_URL"], application_name="tenancy-test", pool_size=4)
+    try:
+        schemas = await asyncio.gather(*(TenantRegistry(engine).provision(org) for _ in range(4)))
+        assert schemas == [tenant_schema(org)] * 4
+        assert await _revision(engine, tenant_schema(org)) == head_revision(TENANT_MIGRATIONS)
+    finally:
+        await engine.dispose()
 
 
 async def test_a_query_that_names_no_tenant_fails_instead_of_reading_one(platform: Platform) -> None:

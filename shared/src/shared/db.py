@@ -83,10 +83,12 @@ def _script(migrations: Path) -> ScriptDirectory:
 
 def _upgrade(conn: Connection, migrations: Path, schema: str) -> None:
     script = _script(migrations)
+    # Serialise concurrent migrators of the same schema (several replicas starting at once, or a new
+    # organisation's event racing its first request). The lock comes before CREATE SCHEMA: two
+    # transactions creating one new schema collide on the catalog's unique index despite IF NOT EXISTS.
+    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
     conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)}")
     conn.exec_driver_sql(f"SET LOCAL search_path TO {quote_schema(schema)}")
-    # Serialise concurrent migrators of the same schema (several replicas starting at once).
-    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
     with EnvironmentContext(
         Config(),
         script,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
@@ -50,6 +52,57 @@ async def raw_body(message: StreamMessage[Any]) -> Any:
     return message.body
 
 
+class ResumeWithinLog(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On every assignment, reset a position that lies beyond the end of its partition's log.
+
+    Kafka answers a fetch beyond the end with offset-out-of-range and the consumer resets as its
+    ``auto_offset_reset`` says. A restarted in-memory broker (the bundled tansu) has a new, shorter log,
+    answers such a fetch with nothing, and a consumer whose committed position predates the restart would
+    wait until the new log grew past it; this listener applies the reset Kafka would have applied.
+    """
+
+    def __init__(self, reset: str, then: ConsumerRebalanceListener | None = None) -> None:
+        self.reset = reset
+        self.then = then
+        self.subscriber: Any = None  # bound by :func:`subscribe`; its ``consumer`` exists once started
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.then is not None:
+            await self.then.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        consumer = getattr(self.subscriber, "consumer", None)
+        if consumer is not None and assigned:
+            try:
+                ends = await consumer.end_offsets(list(assigned))
+                for partition in assigned:
+                    position = await consumer.position(partition)
+                    if position <= ends[partition]:
+                        continue
+                    log.warning("position %d of %s is beyond the end of its log (%d): reset to %s",
+                                position, partition, ends[partition], self.reset)
+                    if self.reset == "earliest":
+                        await consumer.seek_to_beginning(partition)
+                    else:
+                        consumer.seek(partition, ends[partition])
+            except Exception:  # the broker went away again: the next assignment checks once more
+                log.warning("could not compare positions with the log ends", exc_info=True)
+        if self.then is not None:
+            await self.then.on_partitions_assigned(assigned)
+
+
+def subscribe(broker: KafkaBroker, *topics: str, **options: Any) -> Any:
+    """``broker.subscriber`` whose consumer never waits for a log to grow past a lost position.
+
+    Use it with the options of :func:`at_least_once` or :func:`every_event_from_now` (a ``listener`` among
+    them is still called after the check).
+    """
+    guard = ResumeWithinLog(options.get("auto_offset_reset", "latest"), then=options.pop("listener", None))
+    subscriber = broker.subscriber(*topics, listener=guard, **options)
+    guard.subscriber = subscriber
+    return subscriber
+
+
 def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms: int | None = None) -> dict[str, Any]:
     """Subscriber options for a consumer group that commits only what it has processed.
 
@@ -62,6 +115,22 @@ def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms:
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
+    }
+
+
+def every_event_from_now(settings: CommonSettings, name: str) -> dict[str, Any]:
+    """Subscriber options for a process that must see every event from its start on (waiters, caches).
+
+    The consumer group is the process's own, so each replica sees every event, and it commits nothing: a
+    committed position would only be read back after a rejoin, which is when the consumer should instead
+    start again at the end of the log.
+    """
+    return {
+        "decoder": raw_body,
+        "group_id": f"{name}-{uuid.uuid4().hex}",
+        "auto_offset_reset": "latest",
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "ack_policy": AckPolicy.MANUAL,
     }
 
 

@@ -279,13 +279,13 @@ def watch_revocations(broker: KafkaBroker, verifier: TokenVerifier, settings: Co
     """Subscribe this process to the revocation events of ``clinomic.identity`` (call before ``broker.start``).
 
     Every process must see every revocation, so each reads with a group of its own from the moment it
-    starts; once its partitions are assigned it re-fetches the snapshot, which closes the gap between the
-    snapshot taken at start and the first event it reads.
+    starts; whenever its partitions are (re)assigned it re-fetches the snapshot, which closes the gap between
+    the snapshot and the first event it reads, at start and after a broker restart.
     """
     from aiokafka.abc import ConsumerRebalanceListener
 
     from shared.events.topics import Topic
-    from shared.kafka import raw_body
+    from shared.kafka import every_event_from_now, subscribe
 
     class _Resync(ConsumerRebalanceListener):  # type: ignore[misc]
         async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -294,7 +294,6 @@ def watch_revocations(broker: KafkaBroker, verifier: TokenVerifier, settings: Co
         async def on_partitions_assigned(self, assigned: Any) -> None:
             verifier.resync_soon()
 
-    @broker.subscriber(Topic.IDENTITY, group_id=f"revocations-{uuid.uuid4().hex}", auto_offset_reset="latest",
-                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, decoder=raw_body, listener=_Resync())
+    @subscribe(broker, Topic.IDENTITY, listener=_Resync(), **every_event_from_now(settings, "revocations"))
     async def revocation_events(raw: bytes) -> None:
         apply_revocation_event(verifier.revocations, raw)

@@ -276,7 +276,7 @@ async def export(request: Request, principal: Reader) -> StreamingResponse:
         async with engine.connect() as conn:
             size = await store.chain_size(conn, chain_id)
             async for rows in store.row_pages(conn, chain_id, 1, size, page=5_000):
-                yield "".join(entry_line(store.entry_of(r)) for r in rows)
+                yield "".join(entry_line(store.entry_of(chain_id, r)) for r in rows)
 
     filename = chain_id.replace(":", "_") + ".ledger.jsonl"
     return StreamingResponse(

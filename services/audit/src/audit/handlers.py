@@ -14,7 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
 from shared.events import ALL_TOPICS_PATTERN, Envelope
-from shared.kafka import at_least_once
+from shared.kafka import at_least_once, subscribe
 from shared.settings import CommonSettings
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -89,6 +89,27 @@ def item_of(raw: bytes, topic: str) -> Item:
     )
 
 
+def _prepared(messages: Sequence[tuple[bytes, str]]) -> list[Item]:
+    return [item_of(raw, topic) for raw, topic in messages]
+
+
+class _Later:
+    """Work done once: when the appender has a moment (the database busy storing), else when asked for."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._work = work
+        self._done = False
+        self._result: Any = None
+
+    def run(self) -> None:
+        if not self._done:
+            self._result, self._done = self._work(), True
+
+    def result(self) -> Any:
+        self.run()
+        return self._result
+
+
 def _retryable(exc: DBAPIError) -> bool:
     """A lost race (the same event id appended by another appender), a deadlock or a serialisation failure."""
     states = {
@@ -109,20 +130,39 @@ class Appender:
         *,
         attempts: int = 5,
         max_cached_chains: int = 10_000,
+        part_size: int = 250,
     ) -> None:
         self.engine = engine
         self.key_id = key_id
         self.key = key
         self.attempts = attempts
+        self.part_size = part_size
         self._frontiers: dict[str, MerkleFrontier] = {}
         self._max_cached = max_cached_chains
 
     async def append_raw(self, messages: Sequence[tuple[bytes, str]]) -> int:
-        """Append raw messages ``(bytes, topic)``: what the subscriber receives."""
-        return await self.append([item_of(raw, topic) for raw, topic in messages])
+        """Append raw messages ``(bytes, topic)``: what the subscriber receives.
 
-    async def append(self, items: Sequence[Item]) -> int:
-        """Append what the ledger does not hold yet; return how many entries were added."""
+        A large batch goes in parts of :attr:`part_size`, and the items of each part are prepared (parsed,
+        canonicalised) while PostgreSQL stores the part before: the two cost about the same and run on
+        different cores. Each part is its own transaction; a failure raises, so the subscriber's batch is
+        redelivered and the parts already stored are recognised as duplicates.
+        """
+        parts = [messages[i : i + self.part_size] for i in range(0, len(messages), self.part_size)]
+        added = 0
+        items = _prepared(parts[0]) if parts else []
+        for following in [*parts[1:], None]:
+            later = _Later(lambda part=following: _prepared(part)) if following is not None else None
+            added += await self.append(items, meanwhile=later)
+            if later is not None:
+                items = later.result()
+        return added
+
+    async def append(self, items: Sequence[Item], *, meanwhile: _Later | None = None) -> int:
+        """Append what the ledger does not hold yet; return how many entries were added.
+
+        ``meanwhile`` is run while the database stores the entries, if there are any to store.
+        """
         first_copies: dict[uuid.UUID, Item] = {}
         for item in items:
             first_copies.setdefault(item.event_id, item)
@@ -131,7 +171,7 @@ class Appender:
             return 0
         for attempt in range(1, self.attempts + 1):
             try:
-                return await self._append(unique)
+                return await self._append(unique, meanwhile)
             except DBAPIError as exc:
                 if attempt == self.attempts or not _retryable(exc):
                     raise
@@ -139,7 +179,7 @@ class Appender:
                 await asyncio.sleep(0.02 * attempt)
         raise AssertionError("unreachable")
 
-    async def _append(self, items: list[Item]) -> int:
+    async def _append(self, items: list[Item], meanwhile: _Later | None = None) -> int:
         created: dict[str, MerkleFrontier] = {}
         async with self.engine.begin() as conn:
             await store.lock_chains(conn, {i.chain_id for i in items})
@@ -183,7 +223,13 @@ class Appender:
             new_chains = [c for c in by_chain if heads[c][0] == 0]
             if new_chains:
                 await store.register_chains(conn, new_chains)
-            await store.insert_entries(conn, sealed, refs)
+            storing = asyncio.ensure_future(store.insert_entries(conn, sealed, refs))
+            try:
+                if meanwhile is not None:
+                    await asyncio.sleep(0)  # the statement leaves for the database before we compute
+                    meanwhile.run()
+            finally:
+                await storing
             await store.insert_nodes(conn, nodes)
         if len(self._frontiers) + len(created) > self._max_cached:
             self._frontiers.clear()
@@ -215,7 +261,8 @@ class Appender:
 
 
 def register(broker: KafkaBroker, settings: CommonSettings, appender: Appender, batch_size: int) -> None:
-    @broker.subscriber(
+    @subscribe(
+        broker,
         pattern=ALL_TOPICS_PATTERN,
         batch=True,
         max_records=batch_size,

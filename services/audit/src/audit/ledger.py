@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from audit.merkle import LEAF_PREFIX
+
 __all__ = [
     "ENTRY_DOMAIN",
     "GENESIS_DOMAIN",
@@ -523,7 +525,7 @@ def verify_chain(
     checks), e.g. to feed a Merkle tree in the same pass.
     """
     return _verify(entries, _ENTRY_FIELDS, keys, start_prev_hash, expected_first_seq, chain_id, check_content,
-                   on_hash)
+                   on_hash, None)
 
 
 #: The fields of an entry in ``LedgerEntry`` order, in one C call.
@@ -534,17 +536,20 @@ def verify_rows(
     rows: Iterable[Sequence[Any]],
     keys: Mapping[str, bytes] | None,
     *,
+    chain_id: str,
     start_prev_hash: bytes | None = None,
     expected_first_seq: int = 1,
-    chain_id: str | None = None,
     check_content: bool = False,
     on_hash: Callable[[bytes], object] | None = None,
+    leaves: list[bytes] | None = None,
 ) -> Verification:
-    """:func:`verify_chain` for rows rather than entries: each row holds the entry's fields in ``LedgerEntry``
-    order (``chain_id, seq, event_id, event_type, actor, tenant_id, occurred_at, content, prev_hash,
-    entry_hash, key_id, hmac``), e.g. a database record. ``actor`` may be a dict or its JSON text. The same
-    checks, in the same order, with the same results; no object is built per row."""
-    return _verify(rows, None, keys, start_prev_hash, expected_first_seq, chain_id, check_content, on_hash)
+    """:func:`verify_chain` for the rows of one chain rather than entries: each row holds the fields after
+    ``chain_id`` in ``LedgerEntry`` order (``seq, event_id, event_type, actor, tenant_id, occurred_at, content,
+    prev_hash, entry_hash, key_id, hmac``), e.g. a database record selected by chain id. ``actor`` may be a
+    dict or its JSON text. The same checks, in the same order, with the same results; no object is built
+    per row. ``leaves`` receives each recomputed hash's Merkle leaf hash (the hot path of a full check)."""
+    return _verify(rows, None, keys, start_prev_hash, expected_first_seq, chain_id, check_content, on_hash,
+                   leaves)
 
 
 def _verify(
@@ -556,6 +561,7 @@ def _verify(
     chain_id: str | None,
     check_content: bool,
     on_hash: Callable[[bytes], object] | None,
+    leaves: list[bytes] | None,
 ) -> Verification:
     macs: dict[str, _FastHmac] = {}
     prev = start_prev_hash
@@ -571,8 +577,10 @@ def _verify(
     sha = _sha256
     compare = _hmac.compare_digest
     domain = ENTRY_DOMAIN
+    leaf_prefix = LEAF_PREFIX
     chain_b = b""
     actor_bytes = _actor_bytes
+    add_leaf = None if leaves is None else leaves.append
 
     def broken(reason: str, detail: str) -> Verification:
         return Verification(
@@ -588,8 +596,13 @@ def _verify(
 
     for entry in entries:
         try:
-            (entry_chain, seq, event_id, event_type, actor, tenant, occurred_at, content, entry_prev,
-             stored_hash, key_id, stored_hmac) = entry if fields is None else fields(entry)
+            if fields is None:
+                entry_chain = chain_id
+                (seq, event_id, event_type, actor, tenant, occurred_at, content, entry_prev, stored_hash, key_id,
+                 stored_hmac) = entry
+            else:
+                (entry_chain, seq, event_id, event_type, actor, tenant, occurred_at, content, entry_prev,
+                 stored_hash, key_id, stored_hmac) = fields(entry)
             if chain_id is None:
                 chain_id = entry_chain
             if not chain_b:
@@ -638,6 +651,8 @@ def _verify(
             return broken("malformed entry", f"{type(exc).__name__}: {exc}")
         if on_hash is not None:
             on_hash(computed)
+        if add_leaf is not None:
+            add_leaf(sha(leaf_prefix + computed).digest())
         if entry_chain != chain_id:
             return broken("chain id mismatch", f"entry belongs to {entry_chain!r}, not {chain_id!r}")
         if seq != expected:

@@ -63,13 +63,14 @@ __all__ = [
 HASH_SIZE = 32
 _sha256 = hashlib.sha256
 EMPTY_ROOT = _sha256(b"").digest()
-_LEAF = b"\x00"
+#: RFC 9162 domain separation: a leaf is SHA-256(0x00 ‖ data).
+LEAF_PREFIX = b"\x00"
 _NODE = b"\x01"
 
 
 def leaf_hash(data: bytes) -> bytes:
     """RFC 9162 leaf hash: SHA-256(0x00 ‖ data)."""
-    return _sha256(_LEAF + data).digest()
+    return _sha256(LEAF_PREFIX + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -212,7 +213,7 @@ class MerkleTree:
 
     def append(self, leaf_data: bytes) -> int:
         """Append a leaf (its data, hashed here as RFC 9162 says); return its index."""
-        return self.append_leaf_hash(_sha256(_LEAF + leaf_data).digest())
+        return self.append_leaf_hash(_sha256(LEAF_PREFIX + leaf_data).digest())
 
     def append_leaf_hash(self, leaf: bytes) -> int:
         """Append a leaf whose RFC 9162 leaf hash is already known; return its index."""

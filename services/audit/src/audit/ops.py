@@ -138,7 +138,7 @@ async def _export(chain_id: str, out: Path, heads_out: Path | None, key_out: Pat
             with out.open("w", encoding="utf-8", newline="\n") as handle:
                 handle.write(export_header(chain_id))
                 async for rows in store.row_pages(conn, chain_id, 1, size):
-                    handle.write("".join(entry_line(store.entry_of(r)) for r in rows))
+                    handle.write("".join(entry_line(store.entry_of(chain_id, r)) for r in rows))
                     count += len(rows)
             if heads_out is not None:
                 heads = {head_json(h) for h in await store.tree_heads(conn, chain_id)}

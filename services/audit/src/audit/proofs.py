@@ -100,6 +100,7 @@ async def consistency(
     plan = consistency_proof_plan(first, second)
     first_plan, second_plan = [range_nodes(0, first)], [range_nodes(0, second)]
     found = await _fetch(conn, chain_id, plan, first_plan, second_plan)
+    heads = await store.tree_heads_at(conn, chain_id, (first, second))
     return {
         "chain_id": chain_id,
         "first": first,
@@ -107,6 +108,6 @@ async def consistency(
         "first_root": fold_range([found[n] for n in first_plan[0]]).hex(),
         "second_root": fold_range([found[n] for n in second_plan[0]]).hex(),
         "proof": [h.hex() for h in assemble_proof(plan, found)],
-        "first_tree_head": await store.tree_head_at(conn, chain_id, first),
-        "second_tree_head": await store.tree_head_at(conn, chain_id, second),
+        "first_tree_head": heads.get(first),
+        "second_tree_head": heads.get(second),
     }

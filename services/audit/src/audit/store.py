@@ -33,9 +33,10 @@ _COLUMNS = (
     "chain_id, seq, event_id, event_type, actor, tenant_id, occurred_at, content, prev_hash, entry_hash, "
     "key_id, hmac"
 )
-#: Columns in ``LedgerEntry`` field order, as text where the hash covers text: what verification reads.
-ROW_COLUMNS = (
-    "chain_id, seq, event_id::text, event_type, actor, tenant_id::text, occurred_at, content, "
+#: An entry's fields after its chain id, in ``LedgerEntry`` order, as text where the hash covers text: every
+#: read selects the rows of one chain, so the chain id is not read back (verification's hottest query).
+READ_COLUMNS = (
+    "seq, event_id::text, event_type, actor, tenant_id::text, occurred_at, content, "
     "prev_hash, entry_hash, key_id, hmac"
 )
 
@@ -168,16 +169,26 @@ async def nodes(
 async def node_levels(
     conn: AsyncConnection, chain_id: str, level_ranges: dict[int, tuple[int, int]]
 ) -> dict[int, tuple[int, int, bytes]]:
+    """:func:`raw_node_levels` on a SQLAlchemy connection."""
+    return await raw_node_levels(await raw(conn), chain_id, level_ranges)
+
+
+async def raw_node_levels(
+    pg: Any, chain_id: str, level_ranges: dict[int, tuple[int, int]]
+) -> dict[int, tuple[int, int, bytes]]:
     """For each level, the stored nodes with ``lo <= idx < hi`` concatenated in order:
-    ``{level: (first idx found, count, hashes)}``. One query, aggregated in the database."""
+    ``{level: (first idx found, count, hashes)}``. One query, aggregated in the database, one level at a
+    time (each level's sort then stays small instead of one sort of every node spilling to disk)."""
     if not level_ranges:
         return {}
     levels = sorted(level_ranges)
-    rows = await (await raw(conn)).fetch(
-        "SELECT n.level, min(n.idx), count(*), string_agg(n.hash, ''::bytea ORDER BY n.idx) "
+    rows = await pg.fetch(
+        "SELECT w.level, a.first, a.n, a.hashes "
         "FROM unnest($2::smallint[], $3::bigint[], $4::bigint[]) AS w(level, lo, hi) "
-        "JOIN merkle_nodes n ON n.chain_id = $1 AND n.level = w.level AND n.idx >= w.lo AND n.idx < w.hi "
-        "GROUP BY n.level",
+        "CROSS JOIN LATERAL (SELECT min(n.idx) AS first, count(*) AS n, "
+        "string_agg(n.hash, ''::bytea ORDER BY n.idx) AS hashes FROM merkle_nodes n "
+        "WHERE n.chain_id = $1 AND n.level = w.level AND n.idx >= w.lo AND n.idx < w.hi) AS a "
+        "WHERE a.n > 0",
         chain_id,
         levels,
         [level_ranges[lv][0] for lv in levels],
@@ -199,22 +210,22 @@ async def entry_hashes(conn: AsyncConnection, chain_id: str, upto_seq: int) -> l
 # -- reading entries --------------------------------------------------------------------------------------
 
 
-def entry_of(row: Sequence[Any]) -> LedgerEntry:
-    """A LedgerEntry from a row selected with :data:`ROW_COLUMNS`."""
-    actor = row[4]
+def entry_of(chain_id: str, row: Sequence[Any]) -> LedgerEntry:
+    """A LedgerEntry from a row of ``chain_id`` selected with :data:`READ_COLUMNS`."""
+    actor = row[3]
     return LedgerEntry(
-        chain_id=row[0],
-        seq=row[1],
-        event_id=row[2],
-        event_type=row[3],
+        chain_id=chain_id,
+        seq=row[0],
+        event_id=row[1],
+        event_type=row[2],
         actor=json.loads(actor) if isinstance(actor, str) else actor,
-        tenant_id=row[5],
-        occurred_at=row[6],
-        content=bytes(row[7]),
-        prev_hash=bytes(row[8]),
-        entry_hash=bytes(row[9]),
-        key_id=row[10],
-        hmac=bytes(row[11]),
+        tenant_id=row[4],
+        occurred_at=row[5],
+        content=bytes(row[6]),
+        prev_hash=bytes(row[7]),
+        entry_hash=bytes(row[8]),
+        key_id=row[9],
+        hmac=bytes(row[10]),
     )
 
 
@@ -265,17 +276,17 @@ async def entries(
         clauses.append(f"refs @> ARRAY[{arg(filters.entity)}::text]")
     order = "DESC" if descending else "ASC"
     sql = (
-        f"SELECT {ROW_COLUMNS} FROM entries WHERE {' AND '.join(clauses)} ORDER BY seq {order} "
+        f"SELECT {READ_COLUMNS} FROM entries WHERE {' AND '.join(clauses)} ORDER BY seq {order} "
         f"LIMIT {arg(limit)}"
     )
-    return [entry_of(r) for r in await (await raw(conn)).fetch(sql, *args)]
+    return [entry_of(chain_id, r) for r in await (await raw(conn)).fetch(sql, *args)]
 
 
 async def entry(conn: AsyncConnection, chain_id: str, seq: int) -> LedgerEntry | None:
     row = await (await raw(conn)).fetchrow(
-        f"SELECT {ROW_COLUMNS} FROM entries WHERE chain_id = $1 AND seq = $2", chain_id, seq
+        f"SELECT {READ_COLUMNS} FROM entries WHERE chain_id = $1 AND seq = $2", chain_id, seq
     )
-    return entry_of(row) if row is not None else None
+    return entry_of(chain_id, row) if row is not None else None
 
 
 async def size_and_latest_head(conn: AsyncConnection, chain_id: str) -> tuple[int, dict[str, Any] | None]:
@@ -297,21 +308,27 @@ async def chain_size(conn: AsyncConnection, chain_id: str) -> int:
     return int(value or 0)
 
 
+#: Rows per page of a long read. Small enough that a page's rows reuse the memory the previous page freed:
+#: with 20,000 rows a verification worker page-faulted and spent 0.9 µs of system time per entry mapping
+#: and unmapping memory, with 4,096 rows 0.25 µs (measured on the 1M-entry benchmark chain).
+PAGE_ROWS = 4096
+
+
 async def row_pages(
-    conn: AsyncConnection, chain_id: str, first: int, last: int, page: int = 20_000
+    conn: AsyncConnection, chain_id: str, first: int, last: int, page: int = PAGE_ROWS
 ) -> AsyncIterator[list[Any]]:
-    """Rows (:data:`ROW_COLUMNS`, as asyncpg records) of seq first..last in order, a page at a time."""
+    """Rows (:data:`READ_COLUMNS`, as asyncpg records) of seq first..last in order, a page at a time."""
     async for rows in raw_row_pages(await raw(conn), chain_id, first, last, page):
         yield rows
 
 
 async def raw_row_pages(
-    pg: Any, chain_id: str, first: int, last: int, page: int = 20_000
+    pg: Any, chain_id: str, first: int, last: int, page: int = PAGE_ROWS
 ) -> AsyncIterator[list[Any]]:
     """:func:`row_pages` on an asyncpg connection; the next page is requested before the current one is
     handed over, so the database works on it meanwhile."""
     sql = (
-        f"SELECT {ROW_COLUMNS} FROM entries WHERE chain_id = $1 AND seq >= $2 AND seq <= $3 "
+        f"SELECT {READ_COLUMNS} FROM entries WHERE chain_id = $1 AND seq >= $2 AND seq <= $3 "
         "ORDER BY seq LIMIT $4"
     )
     pending = asyncio.ensure_future(pg.fetch(sql, chain_id, first, last, page))
@@ -319,7 +336,7 @@ async def raw_row_pages(
         rows = await pending
         if not rows:
             return
-        next_first = rows[-1][1] + 1
+        next_first = rows[-1][0] + 1
         more = len(rows) == page and next_first <= last
         if more:
             pending = asyncio.ensure_future(pg.fetch(sql, chain_id, next_first, last, page))
@@ -362,13 +379,19 @@ async def tree_heads(
 
 
 async def tree_head_at(conn: AsyncConnection, chain_id: str, size: int) -> dict[str, Any] | None:
-    head = await (await raw(conn)).fetchval(
-        "SELECT head FROM tree_heads WHERE chain_id = $1 AND tree_size = $2 "
-        "ORDER BY timestamp_ms DESC LIMIT 1",
+    """The newest signed head at ``size``, None if none was signed at that size."""
+    return (await tree_heads_at(conn, chain_id, (size,))).get(size)
+
+
+async def tree_heads_at(conn: AsyncConnection, chain_id: str, sizes: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The newest signed head at each of ``sizes`` (absent where none was signed), in one round trip."""
+    rows = await (await raw(conn)).fetch(
+        "SELECT DISTINCT ON (tree_size) tree_size, head FROM tree_heads "
+        "WHERE chain_id = $1 AND tree_size = ANY($2::bigint[]) ORDER BY tree_size, timestamp_ms DESC",
         chain_id,
-        size,
+        sorted(set(sizes)),
     )
-    return json.loads(head) if head is not None else None
+    return {r[0]: json.loads(r[1]) for r in rows}
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ class Publisher:
         *,
         interval: float = 60.0,
         max_age: float = 86_400.0,
-        page: int = 10_000,
+        page: int = store.PAGE_ROWS,
     ) -> None:
         self.engine = engine
         self.signing_key = signing_key

@@ -108,15 +108,20 @@ async def classify(body: ClassifyRequest, request: Request, principal: Screener,
         return _key_reused()
 
 
-@router.get("/api/screenings/{screening_id}", tags=["screening"])
+@router.get("/api/screenings/{screening_id}", tags=["screening"], responses={
+    202: {"description": "Accepted, not yet recorded; a batch row names its job (batch_id)"}})
 async def screening(screening_id: uuid.UUID, request: Request, principal: Authenticated) -> Response:
+    """A screening; one the gateway accepted (classify or a batch row) but the screening service has not
+    recorded yet is 202 pending for the organisation's screeners, not 404."""
     await limited(request, "default", str(principal.user_id))
     response = await forward(request.app.state.http, request.app.state.settings.screening_url, request)
     if (response.status_code == status.HTTP_404_NOT_FOUND and principal.org_id is not None
             and principal.role in (Role.LAB_TECHNICIAN, Role.ORG_ADMIN)):
         async with request.app.state.engine.begin() as conn:
-            if await store.is_pending(conn, screening_id, principal.org_id):
-                return JSONResponse({"id": str(screening_id), "status": "pending"}, status_code=202)
+            accepted = await store.pending(conn, screening_id, principal.org_id)
+        if accepted is not None:
+            batch = {"batch_id": str(accepted.batch_id)} if accepted.batch_id else {}
+            return JSONResponse({"id": str(screening_id), "status": "pending", **batch}, status_code=202)
     return response
 
 

@@ -294,7 +294,8 @@ def status(accepted: int, recorded: int) -> str:
 
 def job_report(job: Mapping[str, Any], outcomes: list[dict[str, Any]], *, now: datetime, limit: int) -> dict[str, Any]:
     """The answer of ``GET /api/screening/batch/{id}``: counts, progress, the first rejected rows (as read),
-    one page of per-row outcomes (``next_after`` continues it while more rows are recorded)."""
+    one page of per-row outcomes, pending ones included. ``outcomes`` holds up to ``limit + 1`` rows: the
+    extra one only says that another page follows, so ``next_after`` is null exactly on the last page."""
     accepted, recorded = job["accepted"], job["recorded"]
     until = job["completed_at"] or now
     elapsed = max((until - job["created_at"]).total_seconds(), 1e-6)
@@ -314,6 +315,6 @@ def job_report(job: Mapping[str, Any], outcomes: list[dict[str, Any]], *, now: d
         "not_classified": recorded - job["classified"],
         "risk_classes": {"1": job["risk_low"], "2": job["risk_intermediate"], "3": job["risk_high"]},
         "rejected_rows": job["rejected_rows"],
-        "outcomes": outcomes,
-        "next_after": outcomes[-1]["row"] if len(outcomes) == limit else None,
+        "outcomes": outcomes[:limit],
+        "next_after": outcomes[limit - 1]["row"] if len(outcomes) > limit else None,
     }

@@ -49,7 +49,8 @@ class BatchIntake:
     async def accept(self, job: dict[str, Any], commands: list[Envelope[ev.ScreeningBatchRequestedV1]],
                      encoded: list[bytes]) -> None:
         chunks = [store.BatchChunk(c.payload.chunk, c.payload.rows[0].row, c.payload.rows[-1].row,
-                                   len(c.payload.rows), raw) for c, raw in zip(commands, encoded, strict=True)]
+                                   len(c.payload.rows), raw, [r.screening_id for r in c.payload.rows])
+                  for c, raw in zip(commands, encoded, strict=True)]
         async with self.engine.begin() as conn:
             await store.accept_batch(conn, job, chunks)
 
@@ -218,14 +219,15 @@ After = Annotated[int, Query(ge=0, description="Rows numbered above this one (th
 async def batch_job(job_id: uuid.UUID, request: Request, principal: Screener, after: After = 0,
                     limit: Page = 100) -> Response:
     """Status (queued, running, completed), counts, rows/s so far, the first rejected rows and one page of
-    per-row outcomes (row, screening id, status, label, risk class or reason) in row order."""
+    per-row outcomes (row, screening id, status, label, risk class or reason) in row order: every accepted
+    row, ``pending`` until it is recorded."""
     await limited(request, "default", str(principal.user_id))
     tenant = tenant_of(principal)
     async with request.app.state.engine.begin() as conn:
         job = await store.batch_job(conn, job_id, tenant, rejected_rows=batch.REPORTED_ROWS)
         if job is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such batch job")
-        outcomes = await store.batch_outcomes(conn, job_id, after=after, limit=limit)
+        outcomes = await store.batch_outcomes(conn, job_id, after=after, limit=limit + 1)
     return JSONResponse(batch.job_report(job, outcomes, now=datetime.now(UTC), limit=limit))
 
 

@@ -4,7 +4,6 @@ batch chunks advance their job."""
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -15,7 +14,7 @@ from gateway.outcomes import Outcomes
 from shared.events import Envelope, Topic
 from shared.events import batch as batch_ev
 from shared.events import screening as ev
-from shared.kafka import at_least_once, raw_body
+from shared.kafka import at_least_once, every_event_from_now, subscribe
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -27,9 +26,8 @@ RowOutcomes = TypeAdapter(list[batch_ev.RowOutcome])
 def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, engine: Any) -> None:
     # Every gateway replica must see every recorded event (any of them may hold the waiting request), so each
     # process reads with a group of its own, from the moment it starts.
-    @broker.subscriber(Topic.SCREENING_RECORDED, batch=True, max_records=1000, batch_timeout_ms=5,
-                       group_id=f"gateway-{uuid.uuid4().hex}", auto_offset_reset="latest",
-                       fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms, decoder=raw_body)
+    @subscribe(broker, Topic.SCREENING_RECORDED, batch=True, max_records=1000, batch_timeout_ms=5,
+               **every_event_from_now(settings, "gateway"))
     async def screening_recorded(messages: list[bytes]) -> None:
         recorded = {e.payload.screening_id: e for e in (RecordedEnvelope.model_validate_json(r) for r in messages)}
         for screening_id, envelope in recorded.items():
@@ -39,9 +37,8 @@ def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, 
                                       [e.payload.model_dump_json() for e in recorded.values()])
 
     # A chunk's outcome changes only the database, so one consumer group serves every replica.
-    @broker.subscriber(Topic.SCREENING_BATCH_RECORDED, batch=True, max_records=100, batch_timeout_ms=5,
-                       **at_least_once(settings, "gateway-batch-progress",
-                                       fetch_max_wait_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS))
+    @subscribe(broker, Topic.SCREENING_BATCH_RECORDED, batch=True, max_records=100, batch_timeout_ms=5,
+               **at_least_once(settings, "gateway-batch-progress", fetch_max_wait_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS))
     async def batch_chunk_recorded(messages: list[bytes]) -> None:
         chunks = []
         for raw in messages:

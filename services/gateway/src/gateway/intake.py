@@ -85,21 +85,41 @@ class Intake:
             assert replay is not None
             return replay
         outcome = self.outcomes.expect(screening_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
         try:
-            await asyncio.wait_for(
-                publish(self.broker, Topic.SCREENING_REQUESTED, command, key=str(screening_id)), wait_seconds
-            )
-        except Exception:  # the broker is down: the command is safe in the intake, the redeliverer resends it
-            log.warning("broker unavailable; screening %s will be redelivered", screening_id)
-            self.outcomes.forget(screening_id, outcome)
-            return Answer(screening_id, None, False)
-        try:
-            recorded = await asyncio.wait_for(outcome, wait_seconds)
+            if not await self._publish_before(command, deadline):
+                return Answer(screening_id, None, False)
+            recorded = await asyncio.wait_for(outcome, max(0.0, deadline - loop.time()))
             return Answer(screening_id, recorded.model_dump(mode="json"), True)
         except TimeoutError:
             return Answer(screening_id, None, False)
         finally:
             self.outcomes.forget(screening_id, outcome)
+
+    async def _publish_before(self, command: Envelope[Any], deadline: float) -> bool:
+        """Publish, trying again while the request may still wait; False if it never went out in time.
+
+        A broker that has just restarted or moved a partition refuses a few produce requests at once (the
+        bundled broker answers an unknown error for a moment after its restart): one failed attempt must not
+        turn an answer the client could still get in time into a 202. A command not published here is safe
+        in the intake, and the redeliverer sends it; a duplicate from a retry is ignored downstream.
+        """
+        loop = asyncio.get_running_loop()
+        screening_id = command.payload.screening_id
+        pause = 0.05
+        while True:
+            try:
+                await asyncio.wait_for(publish(self.broker, Topic.SCREENING_REQUESTED, command,
+                                               key=str(screening_id)), max(0.0, deadline - loop.time()))
+                return True
+            except Exception as error:
+                if loop.time() + pause >= deadline:
+                    log.warning("broker unavailable (%s); screening %s will be redelivered",
+                                type(error).__name__, screening_id)
+                    return False
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 1.0)
 
     async def replay(self, tenant: uuid.UUID, key: str, request_fingerprint: str | None,
                      wait_seconds: float) -> Answer | None:

@@ -94,12 +94,29 @@ async def claim_unrecorded(conn: AsyncConnection, older_than_seconds: float, lim
     return list(rows.all())
 
 
-async def is_pending(conn: AsyncConnection, screening_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
-    found = await conn.scalar(
-        text("SELECT 1 FROM screening_intake WHERE screening_id = :s AND tenant_id = :t AND recorded_at IS NULL"),
+@dataclass(frozen=True)
+class Pending:
+    """A screening accepted but not yet recorded; ``batch_id`` names its job when it is a batch row."""
+
+    batch_id: uuid.UUID | None
+
+
+async def pending(conn: AsyncConnection, screening_id: uuid.UUID, tenant_id: uuid.UUID) -> Pending | None:
+    """The screening if the intake or an unrecorded batch chunk of this tenant holds it; None otherwise, so
+    another tenant's screening looks unknown. One statement on two indexes: the intake's primary key, and the
+    GIN index of unrecorded chunks' screening ids (it serves ``@>``; ``= ANY`` would read every chunk), joined
+    to the job's primary key for the tenant."""
+    row = (await conn.execute(
+        text("SELECT NULL::uuid FROM screening_intake "
+             "  WHERE screening_id = :s AND tenant_id = :t AND recorded_at IS NULL "
+             "UNION ALL "
+             "SELECT c.job_id FROM batch_chunks c JOIN batch_jobs j ON j.id = c.job_id "
+             "  WHERE c.screening_ids @> ARRAY[CAST(:s AS uuid)] AND c.recorded_at IS NULL "
+             "  AND j.tenant_id = :t "
+             "LIMIT 1"),
         {"s": screening_id, "t": tenant_id},
-    )
-    return bool(found)
+    )).first()
+    return Pending(row[0]) if row else None
 
 
 # -- bulk screening ----------------------------------------------------------------------------------------
@@ -112,6 +129,7 @@ class BatchChunk:
     last_row: int
     rows: int
     command: bytes
+    screening_ids: list[uuid.UUID]
 
 
 async def accept_batch(conn: AsyncConnection, job: dict[str, Any], chunks: Sequence[BatchChunk]) -> None:
@@ -123,19 +141,21 @@ async def accept_batch(conn: AsyncConnection, job: dict[str, Any], chunks: Seque
         job | {"rejected_rows": json.dumps(job["rejected_rows"])},
     )
     await conn.execute(
-        text("INSERT INTO batch_chunks (job_id, chunk, first_row, last_row, rows, command) "
-             "VALUES (:job, :chunk, :first, :last, :rows, :command)"),
+        text("INSERT INTO batch_chunks (job_id, chunk, first_row, last_row, rows, command, screening_ids) "
+             "VALUES (:job, :chunk, :first, :last, :rows, :command, :screening_ids)"),
         [{"job": job["id"], "chunk": c.chunk, "first": c.first_row, "last": c.last_row, "rows": c.rows,
-          "command": c.command} for c in chunks],
+          "command": c.command, "screening_ids": c.screening_ids} for c in chunks],
     )
 
 
 async def record_batch_chunk(conn: AsyncConnection, job_id: uuid.UUID, chunk: int, outcomes: str, *,
                              recorded: int, classified: int, risk_low: int, risk_intermediate: int,
                              risk_high: int) -> bool:
-    """Close a chunk and add its counts to the job, once: False when the chunk was already recorded."""
+    """Close a chunk and add its counts to the job, once: False when the chunk was already recorded. Its
+    screening ids go: they serve to find pending rows only, and the outcomes hold them from now on."""
     closed = await conn.scalar(
-        text("WITH closed AS (UPDATE batch_chunks SET recorded_at = now(), outcomes = CAST(:outcomes AS jsonb) "
+        text("WITH closed AS (UPDATE batch_chunks SET recorded_at = now(), "
+             "  outcomes = CAST(:outcomes AS jsonb), screening_ids = NULL "
              "  WHERE job_id = :job AND chunk = :chunk AND recorded_at IS NULL RETURNING job_id) "
              "UPDATE batch_jobs j SET recorded = j.recorded + :recorded, classified = j.classified + :classified, "
              "risk_low = j.risk_low + :low, risk_intermediate = j.risk_intermediate + :intermediate, "
@@ -169,15 +189,31 @@ async def batch_job(conn: AsyncConnection, job_id: uuid.UUID, tenant_id: uuid.UU
 
 
 async def batch_outcomes(conn: AsyncConnection, job_id: uuid.UUID, *, after: int, limit: int) -> list[dict[str, Any]]:
-    """Recorded rows numbered above ``after``, in row order, at most ``limit``. Chunks are consecutive runs of
-    rows, so only the first recorded chunks past ``after`` that can hold ``limit`` rows are opened (the first
-    of them may hold up to a chunk's worth of rows at or before ``after``)."""
+    """Accepted rows numbered above ``after``, in row order, at most ``limit``: a recorded chunk's outcomes,
+    an unrecorded chunk's rows as pending with the screening ids fixed at acceptance, so a client can follow
+    a row by id from the start. Chunks are consecutive runs of accepted rows, so only the first chunks past
+    ``after`` that can hold ``limit`` rows are opened (the first may hold up to a chunk's worth of rows at or
+    before ``after``). An unrecorded chunk's row numbers are ``first_row`` onwards when no rejected row falls
+    inside it; otherwise (rejected rows leave gaps) they are read from its command, one chunk's worth."""
     rows = await conn.execute(
-        text("SELECT o.value FROM (SELECT outcomes, sum(rows) OVER (ORDER BY first_row) - rows AS before "
-             "  FROM batch_chunks WHERE job_id = :job AND last_row > :after AND recorded_at IS NOT NULL) c "
-             "CROSS JOIN LATERAL jsonb_array_elements(c.outcomes) o "
-             "WHERE c.before < :window AND (o.value->>'row')::int > :after "
-             "ORDER BY (o.value->>'row')::int LIMIT :limit"),
+        text("SELECT o.outcome FROM (SELECT first_row, last_row, rows, recorded_at, outcomes, screening_ids, "
+             "  command, sum(rows) OVER (ORDER BY first_row) - rows AS before "
+             "  FROM batch_chunks WHERE job_id = :job AND last_row > :after) c "
+             "CROSS JOIN LATERAL ("
+             "  SELECT (e->>'row')::int AS row, e AS outcome FROM jsonb_array_elements(c.outcomes) e "
+             "  WHERE c.recorded_at IS NOT NULL "
+             "  UNION ALL "
+             "  SELECT p.row, jsonb_build_object('row', p.row, 'screening_id', p.id, 'status', 'pending', "
+             "    'label', NULL, 'risk_class', NULL, 'rejection_reason', NULL) FROM ("
+             "    SELECT c.first_row + CAST(s.i AS int) - 1 AS row, s.id "
+             "    FROM unnest(c.screening_ids) WITH ORDINALITY AS s(id, i) "
+             "    WHERE c.recorded_at IS NULL AND c.last_row - c.first_row + 1 = c.rows "
+             "    UNION ALL "
+             "    SELECT (r->>'row')::int, CAST(r->>'screening_id' AS uuid) FROM jsonb_array_elements("
+             "      CAST(convert_from(c.command, 'UTF8') AS jsonb) #> '{payload,rows}') r "
+             "    WHERE c.recorded_at IS NULL AND c.last_row - c.first_row + 1 <> c.rows) p"
+             ") o "
+             "WHERE c.before < :window AND o.row > :after ORDER BY o.row LIMIT :limit"),
         {"job": job_id, "after": after, "limit": limit, "window": limit + MAX_CHUNK_ROWS},
     )
     return [json.loads(v) if isinstance(v, str) else v for (v,) in rows]

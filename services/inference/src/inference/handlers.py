@@ -18,7 +18,7 @@ from shared.events import Actor, Envelope, Topic, new_envelope
 from shared.events import batch as batch_ev
 from shared.events import screening as ev
 from shared.events.envelope import derived_event_id
-from shared.kafka import at_least_once, publish, publish_many
+from shared.kafka import at_least_once, publish, publish_many, subscribe
 
 log = logging.getLogger(__name__)
 SERVICE_ACTOR = Actor(role="service", service="inference")
@@ -92,8 +92,8 @@ def classified_chunks(model: B12Model, messages: list[bytes]) -> list[Envelope[A
 
 
 def register(broker: KafkaBroker, settings: InferenceSettings, model: B12Model, batch_size: int) -> None:
-    @broker.subscriber(Topic.SCREENING_REQUESTED, batch=True, max_records=batch_size, batch_timeout_ms=5,
-                       **at_least_once(settings, "inference"))
+    @subscribe(broker, Topic.SCREENING_REQUESTED, batch=True, max_records=batch_size, batch_timeout_ms=5,
+               **at_least_once(settings, "inference"))
     async def assess_screenings(messages: list[bytes]) -> None:
         requests = []
         for raw in messages:
@@ -116,9 +116,9 @@ def register(broker: KafkaBroker, settings: InferenceSettings, model: B12Model, 
         bulk_model = copy.copy(model)
         bulk_model.thread_count = settings.batch_thread_count
 
-    @broker.subscriber(Topic.SCREENING_BATCH_REQUESTED, batch=True, max_records=settings.batch_chunks_per_call,
-                       batch_timeout_ms=5, **at_least_once(settings, "inference-batch",
-                                                           fetch_max_wait_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS))
+    @subscribe(broker, Topic.SCREENING_BATCH_REQUESTED, batch=True, max_records=settings.batch_chunks_per_call,
+               batch_timeout_ms=5, **at_least_once(settings, "inference-batch",
+                                                   fetch_max_wait_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS))
     async def assess_screening_batches(messages: list[bytes]) -> None:
         outgoing = await asyncio.to_thread(classified_chunks, bulk_model, messages)
         await publish_many(broker, Topic.SCREENING_BATCH_CLASSIFIED, outgoing,

@@ -29,7 +29,7 @@ from shared.events import Actor, Envelope, Topic, new_envelope
 from shared.events import analytics as an
 from shared.events import screening as ev
 from shared.events.envelope import derived_event_id
-from shared.kafka import at_least_once, publish_many
+from shared.kafka import at_least_once, publish_many, subscribe
 
 log = logging.getLogger(__name__)
 SERVICE_ACTOR = Actor(role="service", service="screening")
@@ -103,8 +103,8 @@ def _decode(raw: bytes) -> Envelope[Any] | None:
 def register(broker: KafkaBroker, settings: ScreeningSettings, registry: store.TenantRegistry) -> None:
     secret = settings.pseudonym_key()
 
-    @broker.subscriber(Topic.SCREENING_RECORDED, batch=True, max_records=settings.record_batch_size,
-                       batch_timeout_ms=5, **at_least_once(settings, "screening-analytics-stream"))
+    @subscribe(broker, Topic.SCREENING_RECORDED, batch=True, max_records=settings.record_batch_size,
+               batch_timeout_ms=5, **at_least_once(settings, "screening-analytics-stream"))
     async def publish_deidentified(messages: list[bytes]) -> None:
         by_tenant: dict[uuid.UUID, dict[uuid.UUID, Envelope[Any]]] = defaultdict(dict)
         for envelope in filter(None, map(_decode, messages)):

@@ -23,7 +23,7 @@ from shared.events import identity as id_ev
 from shared.events import screening as ev
 from shared.events.batch import BATCH_FETCH_MAX_WAIT_MS
 from shared.events.envelope import derived_event_id
-from shared.kafka import at_least_once, publish, publish_many
+from shared.kafka import at_least_once, publish, publish_many, subscribe
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ def _decode(raw: bytes) -> Envelope[Any] | None:
 
 def register(broker: KafkaBroker, settings: CommonSettings, registry: store.TenantRegistry,
              batch_size: int) -> None:
-    @broker.subscriber(Topic.SCREENING_CLASSIFIED, batch=True, max_records=batch_size, batch_timeout_ms=5,
-                       **at_least_once(settings, "screening-recorder"))
+    @subscribe(broker, Topic.SCREENING_CLASSIFIED, batch=True, max_records=batch_size, batch_timeout_ms=5,
+               **at_least_once(settings, "screening-recorder"))
     async def record_screenings(messages: list[bytes]) -> None:
         by_tenant: dict[Any, list[Envelope[Any]]] = defaultdict(list)
         for raw in messages:
@@ -112,7 +112,7 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
         await asyncio.gather(*(publish(broker, Topic.SCREENING_RECORDED, e, key=str(e.payload.screening_id))
                                for e in outgoing))
 
-    @broker.subscriber(Topic.SCREENING_BATCH_CLASSIFIED, **at_least_once(
+    @subscribe(broker, Topic.SCREENING_BATCH_CLASSIFIED, **at_least_once(
         settings, "screening-batch-recorder", fetch_max_wait_ms=BATCH_FETCH_MAX_WAIT_MS))
     async def record_screening_batch(raw: bytes) -> None:
         """A classified chunk stored in one transaction, then announced (see ``screening.batch``)."""
@@ -123,7 +123,7 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
         await publish_many(broker, Topic.SCREENING_RECORDED, recorded, key=lambda e: str(e.payload.screening_id))
         await publish(broker, Topic.SCREENING_BATCH_RECORDED, chunk_recorded, key=str(envelope.payload.job_id))
 
-    @broker.subscriber(Topic.IDENTITY, **at_least_once(settings, "screening-tenants"))
+    @subscribe(broker, Topic.IDENTITY, **at_least_once(settings, "screening-tenants"))
     async def provision_tenant(raw: bytes) -> None:
         """``OrganizationCreated`` provisions the tenant's schema; ``UserCreated``, ``RoleChanged`` and
         ``UserDeactivated`` keep the tenant's staff directory (user ids and roles: doctor records link only

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared.events import Actor, Envelope, new_envelope
 from shared.events.envelope import RawEnvelope
 from shared.events import records as ev
-from shared.kafka import encode, publish
+from shared.kafka import encode, publish_many
 
 log = logging.getLogger(__name__)
 TABLE = "screening.outbox"  # schema-qualified: written from inside tenant transactions
@@ -52,8 +52,7 @@ class Outbox:
 
     async def _publish(self, envelopes: list[Envelope[Any]]) -> None:
         try:
-            for envelope in envelopes:
-                await publish(self.broker, ev.RECORDS_TOPIC, envelope, key=str(envelope.tenant_id))
+            await publish_many(self.broker, ev.RECORDS_TOPIC, envelopes, key=lambda e: str(e.tenant_id))
             async with self.engine.begin() as conn:
                 await conn.execute(text(f"DELETE FROM {TABLE} WHERE event_id = ANY(:ids)"),
                                    {"ids": [e.event_id for e in envelopes]})
@@ -73,8 +72,13 @@ class Outbox:
                      "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED"),
                 {"age": older_than_seconds, "limit": limit},
             )).all()
-            for _, topic, key, raw in rows:
-                await publish(self.broker, topic, RawEnvelope.model_validate_json(bytes(raw)), key=key)
+            keys: dict[uuid.UUID, str] = {}
+            by_topic: dict[str, list[RawEnvelope]] = {}
+            for event_id, topic, key, raw in rows:
+                keys[event_id] = key
+                by_topic.setdefault(topic, []).append(RawEnvelope.model_validate_json(bytes(raw)))
+            for topic, envelopes in by_topic.items():
+                await publish_many(self.broker, topic, envelopes, key=lambda e: keys[e.event_id])
             if rows:
                 await conn.execute(text(f"DELETE FROM {TABLE} WHERE event_id = ANY(:ids)"),
                                    {"ids": [r[0] for r in rows]})
