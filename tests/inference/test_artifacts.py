@@ -13,13 +13,14 @@ from inference.model import (
     CALIBRATION,
     FEATURES,
     MANIFEST,
-    STAGE1_MODEL,
-    STAGE2_MODEL,
+    STAGES,
     THRESHOLDS,
     B12Model,
     ModelArtifactError,
     write_manifest,
 )
+
+STAGE1, STAGE2 = "stage1", "stage2"  # resolved to the trained family's file names below
 
 
 @pytest.fixture
@@ -27,6 +28,15 @@ def model_copy(tmp_path: Path, tiny_model_dir: Path) -> Path:
     target = tmp_path / "model"
     shutil.copytree(tiny_model_dir, target)
     return target
+
+
+def _stage_files(directory: Path) -> dict[str, str]:
+    stages = json.loads((directory / STAGES).read_text())
+    return {key: entry["file"] for key, entry in stages.items()}
+
+
+def _name(directory: Path, name: str) -> str:
+    return _stage_files(directory).get(name, name)
 
 
 def test_an_intact_copy_loads_with_the_same_identity(model_copy: Path, tiny_model_dir: Path) -> None:
@@ -39,17 +49,17 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize(
-    "name", [STAGE1_MODEL, STAGE2_MODEL, CALIBRATION, THRESHOLDS, "holdout.csv", "card.md"]
-)
+@pytest.mark.parametrize("name", [STAGE1, STAGE2, STAGES, CALIBRATION, THRESHOLDS, "card.md"])
 def test_a_corrupted_artifact_is_refused(model_copy: Path, name: str) -> None:
+    name = _name(model_copy, name)
     _flip_a_byte(model_copy / name)
     with pytest.raises(ModelArtifactError, match=name):
         B12Model.load(model_copy)
 
 
-@pytest.mark.parametrize("name", [STAGE1_MODEL, STAGE2_MODEL, FEATURES, "card.json"])
+@pytest.mark.parametrize("name", [STAGE1, STAGE2, FEATURES, "card.json"])
 def test_a_missing_artifact_is_refused(model_copy: Path, name: str) -> None:
+    name = _name(model_copy, name)
     (model_copy / name).unlink()
     with pytest.raises(ModelArtifactError, match=name):
         B12Model.load(model_copy)
@@ -96,13 +106,17 @@ def _rewrite_json(key: str, change: Callable[[dict], None]) -> Callable[[Path], 
         _rewrite_json(
             THRESHOLDS, lambda d: d.update(intermediate=0.45)
         ),  # could call a deficient label low risk
+        _rewrite_json(THRESHOLDS, lambda d: d["class_likelihood_ratios"].update({"2": -1.0})),
+        _rewrite_json(THRESHOLDS, lambda d: d["reference_prevalence"].update(abnormal=0.001)),
         _rewrite_json(CALIBRATION, lambda d: d["stage1"].update(method="isotonic")),
         _rewrite_json(CALIBRATION, lambda d: d["stage2"].update(slope=-1.0)),
         _rewrite_json(FEATURES, lambda d: d["feature_order"].reverse()),
-        lambda directory: (directory / STAGE1_MODEL).write_bytes(b"not a catboost model"),
+        _rewrite_json(STAGES, lambda d: d["stage1"].update(family="pickle")),
+        lambda directory: (directory / _name(directory, STAGE1)).write_bytes(b"not a stage model"),
         lambda directory: (directory / "card.json").write_text("{truncated"),
     ],
-    ids=["thresholds", "calibration-method", "calibration-slope", "feature-order", "cbm", "card-json"],
+    ids=["thresholds", "likelihood-ratio", "prevalences", "calibration-method", "calibration-slope",
+         "feature-order", "family", "stage-file", "card-json"],
 )
 def test_consistently_rehashed_but_invalid_artifacts_are_refused(model_copy: Path, tamper) -> None:
     tamper(model_copy)

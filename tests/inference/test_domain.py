@@ -14,11 +14,10 @@ from inference.domain import RiskThresholds
 from shared.events.screening import Label, Probabilities, RiskClass
 
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
-thresholds = st.builds(
-    RiskThresholds,
-    intermediate=st.floats(min_value=1e-4, max_value=domain.MAX_INTERMEDIATE_THRESHOLD),
-    high=st.floats(min_value=domain.MIN_HIGH_THRESHOLD, max_value=1.0),
-)
+thresholds = st.tuples(
+    st.floats(min_value=1e-4, max_value=domain.MAX_INTERMEDIATE_THRESHOLD),
+    st.floats(min_value=1e-6, max_value=0.99),
+).map(lambda pair: RiskThresholds(intermediate=pair[0], high=min(pair[0] + pair[1], 0.999999)))
 
 
 @given(p1=unit, p2=unit)
@@ -37,12 +36,10 @@ def test_risk_class_never_contradicts_the_label(p1: float, p2: float, cut: RiskT
     probabilities = domain.combine(p1, p2)
     label = domain.label(probabilities)
     risk = domain.risk_class(probabilities.deficient, cut)
-    if label is Label.DEFICIENT:
+    if label is Label.DEFICIENT:  # the most probable state deficient: a test is always advised
         assert risk >= RiskClass.INTERMEDIATE
-    if risk is RiskClass.HIGH:
-        assert label is Label.DEFICIENT
-    if label is Label.NORMAL:
-        assert risk <= RiskClass.INTERMEDIATE
+    if risk is RiskClass.LOW:
+        assert label is not Label.DEFICIENT
     # the label is the most probable category
     assert getattr(probabilities, label.value) == max(
         probabilities.normal, probabilities.borderline, probabilities.deficient
@@ -69,9 +66,9 @@ def test_risk_class_boundaries_are_inclusive() -> None:
 
 
 @pytest.mark.parametrize(
-    ("intermediate", "high"), [(0.4, 0.6), (0.2, 0.45), (0.0, 0.6), (0.3, 1.2), (float("nan"), 0.6)]
+    ("intermediate", "high"), [(0.4, 0.6), (0.2, 0.2), (0.2, 0.1), (0.0, 0.6), (0.3, 1.0), (float("nan"), 0.6)]
 )
-def test_thresholds_that_could_contradict_the_label_are_refused(intermediate: float, high: float) -> None:
+def test_thresholds_that_could_contradict_the_label_or_each_other_are_refused(intermediate: float, high: float) -> None:
     with pytest.raises(ValueError):
         RiskThresholds(intermediate=intermediate, high=high)
 
@@ -174,7 +171,8 @@ def test_normocytic_anaemia_with_very_wide_rdw_is_flagged_as_possibly_dimorphic(
 
 @pytest.mark.parametrize(
     ("risk", "opening"),
-    [(RiskClass.HIGH, "High risk"), (RiskClass.INTERMEDIATE, "Intermediate"), (RiskClass.LOW, "Low risk")],
+    [(RiskClass.HIGH, "B12 test advised with priority"), (RiskClass.INTERMEDIATE, "B12 test advised:"),
+     (RiskClass.LOW, "Low risk")],
 )
 def test_recommendation_follows_the_risk_class(risk: RiskClass, opening: str) -> None:
     text = domain.recommendation(risk, [])

@@ -20,7 +20,7 @@ def start_worker(model_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_a_worker_given_a_corrupt_model_file_refuses_to_start(tmp_path: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL_DIR, model)
-    stage = next(model.glob("*.cbm"))
+    stage = next(model.glob("stage1_abnormal.*"))
     stage.write_bytes(stage.read_bytes()[:-16] + b"\0" * 16)
     result = start_worker(model)
     assert result.returncode != 0

@@ -19,17 +19,26 @@ MODEL_CARD_PATH = "/internal/model-card"
 
 
 def card_summary(model: B12Model) -> dict[str, Any]:
-    """Identity, measured metrics (with bootstrap intervals), operating point and limits of the model."""
+    """Identity, data, out-of-sample metrics and operating point of each risk class (with bootstrap
+    intervals), the aims and the limits of the model: what a lab needs to read a result."""
     card = model.card()
+    metrics = card["metrics"]
+    pooled = {outcome: {k: v for k, v in figures.items() if k not in ("reliability", "decision_curve")}
+              for outcome, figures in metrics["pooled"].items()}
     return {
         "version": model.version,
         "artifacts_sha256": model.identity.artifacts_sha256,
         "name": card["model"]["name"],
+        "family": card["model"]["family"],
         "status": card["status"],
         "intended_use": card["intended_use"],
-        "metrics": card["metrics"],
+        "data_source": model.identity.data_source,
+        "outcomes": card["data"]["outcomes"],
+        "validation": card["validation"],
+        "metrics": {"pooled": pooled, "per_group": metrics["per_group"], "classes": metrics["classes"],
+                    "decision_curve": metrics["calibrated_out_of_sample"]["decision_curve"]},
         "thresholds": card["thresholds"],
-        "splits": card["splits"],
+        "aims": card["aims"],
         "limitations": card["limitations"],
     }
 

@@ -73,65 +73,99 @@ def generate_cohort_command(
     )
 
 
+#: Where the NHANES extract lies in a checkout of this workspace (it is never copied into the project).
+DEFAULT_NHANES = Path("../shared/data/nhanes/nhanes_cbc_b12_1999_2012.csv")
+
+
 @app.command("train")
 def train_command(
-    csv_path: Annotated[
-        Path,
-        typer.Argument(exists=True, dir_okay=False, help="labelled CSV: CBC columns, sex, b12, b12_unit"),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="model directory to write, e.g. models/b12-cbc-v2")],
-    version: Annotated[
-        str, typer.Option(help="version recorded in the manifest and every result")
-    ] = "b12-cbc-v1",
-    seed: Annotated[int, typer.Option(help="seed for splits, CatBoost and bootstrap")] = DEFAULT_SEED,
-    iterations: Annotated[int, typer.Option(min=10, help="maximum boosting iterations per stage")] = 1500,
-    learning_rate: Annotated[float, typer.Option(min=0.001, max=1.0)] = 0.04,
-    depth: Annotated[int, typer.Option(min=1, max=10)] = 4,
+    out: Annotated[Path, typer.Option("--out", help="model directory to write, e.g. models/b12-cbc-v3")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", "--nhanes", exists=True, dir_okay=False, envvar="NHANES_PATH",
+                     help="labelled data: the NHANES extract (recognised by its columns) or a lab's CSV "
+                          f"(CBC columns, sex, b12, b12_unit[, group, mma_umol_l]); default {DEFAULT_NHANES}"),
+    ] = None,
+    version: Annotated[str, typer.Option(help="version recorded in the manifest and every result")] = "b12-cbc-v2",
+    seed: Annotated[int, typer.Option(help="seed for folds, CatBoost and bootstrap")] = DEFAULT_SEED,
+    iterations: Annotated[int, typer.Option(min=10, help="CatBoost: most trees per stage (early stopping)")] = 3000,
+    learning_rate: Annotated[float, typer.Option(min=0.001, max=1.0)] = 0.03,
+    depth: Annotated[int, typer.Option(min=1, max=10)] = 3,
+    family: Annotated[list[str] | None, typer.Option(help="candidate family (repeat): catboost, logistic")] = None,
     threads: Annotated[int, typer.Option(min=1, help="CatBoost threads")] = 1,
-    target_sensitivity: Annotated[
-        float, typer.Option(help="sensitivity for B12 < 200 at risk class ≥ 2")
-    ] = 0.90,
-    high_specificity: Annotated[float, typer.Option(help="specificity for B12 < 200 at risk class 3")] = 0.95,
-    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for the card's 95 % CIs")] = 1000,
-    b12_unit: Annotated[str | None, typer.Option(help="B12 unit when the CSV has no b12_unit column")] = None,
-    plots: Annotated[bool, typer.Option(help="write ROC, PR and calibration PNGs")] = True,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for the shipped model's CIs")] = 1000,
+    bootstrap_other: Annotated[int, typer.Option(min=0, help="resamples for candidates, groups, subgroups")] = 200,
+    b12_unit: Annotated[str | None, typer.Option(help="B12 unit when a CSV has no b12_unit column")] = None,
+    plots: Annotated[bool, typer.Option(help="write ROC, reliability and decision-curve PNGs")] = True,
     force: Annotated[bool, typer.Option(help="replace an existing, non-empty model directory")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Train both stages, calibrate, choose thresholds and write a versioned, hashed model directory."""
+    """Validate (leave one group out), train the better family, calibrate, choose thresholds from the
+    decision curve and write a versioned, hashed model directory with its card."""
     from inference.training.pipeline import TrainingConfig, TrainingError, train
+    from inference.training.validation import FAMILIES, FitSettings
 
+    source = data or DEFAULT_NHANES
+    if not source.is_file():
+        typer.echo(f"error: no data at {source}; pass --data PATH (or set NHANES_PATH)", err=True)
+        raise typer.Exit(code=1)
     try:
         config = TrainingConfig(
             version=version,
-            seed=seed,
-            iterations=iterations,
-            learning_rate=learning_rate,
-            depth=depth,
-            thread_count=threads,
-            target_sensitivity=target_sensitivity,
-            high_specificity=high_specificity,
+            fit=FitSettings(seed=seed, iterations=iterations, learning_rate=learning_rate, depth=depth,
+                            thread_count=threads),
+            families=tuple(family or FAMILIES),
             bootstrap_resamples=bootstrap,
+            resamples_other=bootstrap_other,
             plots=plots,
         )
-        result = train(csv_path, out, config, force=force, progress=progress, default_b12_unit=b12_unit)
+        result = train(source, out, config, force=force, progress=progress, default_b12_unit=b12_unit)
     except (TrainingError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
-    d, a = result.metrics["deficient"], result.metrics["abnormal"]
-    typer.echo(
-        f"wrote {out} ({result.identity.version}, artifacts sha256 {result.identity.artifacts_sha256}) "
-        f"in {result.seconds:.1f} s"
-    )
-    typer.echo(
-        f"held-out: AUROC B12<200 {_ci(d['auroc'])}, B12<300 {_ci(a['auroc'])}; class ≥ 2 sensitivity "
-        f"{d['at_intermediate']['sensitivity']:.3f}, specificity {d['at_intermediate']['specificity']:.3f}"
-    )
+    typer.echo(f"wrote {out} ({result.identity.version}, artifacts sha256 {result.identity.artifacts_sha256}) "
+               f"in {result.seconds:.1f} s")
+    typer.echo(summary(result.card))
 
 
-def _ci(entry: dict) -> str:
+def summary(card: dict) -> str:
+    """The figures a reviewer asks for first, one per line (printed by ``train`` and ``evaluate``)."""
+    pooled = card["metrics"]["pooled"]
+    lines = [f"{card['validation']}; shipped family: {card['model']['family']}"]
+    for key, name in (("deficient", "B12 < 200"), ("metabolically_confirmed", "MMA-confirmed"),
+                      ("abnormal", "B12 < 300")):
+        r = pooled[key]
+        if "note" in r:
+            lines.append(f"  {name}: {r['note']}")
+            continue
+        lines.append(f"  {name}: AUROC {_ci(r.get('auroc'))}, calibration slope {_ci(r.get('calibration_slope'))}, "
+                     f"intercept {_ci(r.get('calibration_intercept'))}, mean predicted {r['mean_predicted']:.4f} vs "
+                     f"observed {r['prevalence']:.4f}")
+    for family, r in card["metrics"]["candidates"].items():
+        lines.append(f"  candidate {family}: AUROC B12 < 200 {_ci(r['deficient'].get('auroc'))}")
+    for marker, r in card["metrics"]["baselines"].items():
+        lines.append(f"  baseline {marker}: AUROC {_ci(r.get('auroc'))}")
+    for group, r in card["metrics"]["per_group"].items():
+        lines.append(f"  held out {group}: AUROC {_ci(r.get('auroc'))}, mean predicted {r['mean_predicted']:.4f} vs "
+                     f"observed {r['prevalence']:.4f}")
+    th = card["thresholds"]
+    ge2 = card["metrics"]["classes"]["deficient"]["ge2"]
+    ge3 = card["metrics"]["classes"]["deficient"]["ge3"]
+    lines.append(f"  test advised (class ≥ 2) at P(deficient) ≥ {th['intermediate']}: sensitivity "
+                 f"{_ci(ge2['sensitivity'])}, specificity {_ci(ge2['specificity'])}, flagged "
+                 f"{_ci(ge2['flagged_fraction'])}")
+    lines.append(f"  class 3 at ≥ {th['high']}: sensitivity {_ci(ge3['sensitivity'])}, PPV {_ci(ge3['ppv'])}, "
+                 f"flagged {_ci(ge3['flagged_fraction'])}")
+    for entry in card["aims"].values():
+        lines.append(f"  aim {'met' if entry['met'] else 'NOT met'}: {entry['aim']}")
+    return "\n".join(lines)
+
+
+def _ci(entry: dict | None) -> str:
+    if not entry or entry.get("estimate") is None:
+        return "–"
     ci = entry.get("ci95")
-    return f"{entry['estimate']:.3f}" + (f" (95 % CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+    return f"{entry['estimate']:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci and ci[0] is not None else "")
 
 
 @app.command("verify")
@@ -150,20 +184,35 @@ def verify_command(model: Annotated[Path, typer.Argument(help="model directory")
 @app.command("evaluate")
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="model directory")],
-    csv_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="labelled CSV")],
-    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for 95 % CIs (0: none)")] = 0,
+    data: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="labelled data: an NHANES extract (e.g. a held-back cycle) or a CSV")],
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for 95 % CIs (0: none)")] = 1000,
+    prevalence: Annotated[float | None, typer.Option(
+        min=0.0001, max=0.9999, help="declared prevalence of B12 < 200 to correct to (default: the model's)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Measure a model on a labelled CSV (e.g. your lab's data) and print the metrics as JSON."""
-    from inference.model import B12Model
-    from inference.training.data import read_labelled_csv
-    from inference.training.metrics import evaluate
+    """Measure a shipped model on data it never saw (e.g. a later NHANES cycle) and print the metrics as JSON:
+    discrimination, calibration, decision curve and what each risk class does."""
+    from inference.model import B12Model, ModelArtifactError
+    from inference.training import validation
+    from inference.training.data import read_cohort
 
-    loaded = B12Model.load(model)
-    data = read_labelled_csv(csv_path)
-    p1, p2 = loaded.predict_proba(data.features)
-    metrics = evaluate(p1, p2, data.b12_pg_ml, loaded.thresholds, resamples=bootstrap, seed=seed)
-    typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
+    try:
+        loaded = B12Model.load(model)
+    except ModelArtifactError as exc:
+        typer.echo(f"invalid model: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    cohort = read_cohort(data)
+    p1, p2 = loaded.predict_proba(cohort.features, [prevalence] * len(cohort))
+    report = {
+        "model": loaded.version,
+        "data": {"file": cohort.file, "rows_read": cohort.rows_read, "rows_used": len(cohort),
+                 "excluded_by_reason": dict(cohort.excluded)},
+        "outcomes": validation.outcomes(cohort, p1, p2, resamples=bootstrap, seed=seed),
+        "classes": validation.operating_characteristics(cohort, p1 * p2, loaded.thresholds, resamples=bootstrap,
+                                                        seed=seed),
+    }
+    typer.echo(json.dumps(report, indent=2, ensure_ascii=False, default=lambda v: None))
 
 
 @app.command("benchmark")

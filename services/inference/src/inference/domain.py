@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -37,9 +38,6 @@ MENTZER_CUTOFF = 13.0  # MCV/RBC below 13 favours thalassaemia trait, above 13 i
 #: The highest ``intermediate`` threshold allowed: any P(deficient) ≥ 1/3 can be the largest of the three
 #: probabilities, and a "deficient" label must never come with a low risk class.
 MAX_INTERMEDIATE_THRESHOLD = 0.33
-#: The lowest ``high`` threshold allowed: P(deficient) ≥ 1/2 makes "deficient" the label, so a high risk
-#: class always comes with a "deficient" label.
-MIN_HIGH_THRESHOLD = 0.5
 
 Panel = Mapping[str, float]
 
@@ -56,15 +54,16 @@ def panel_from_features(row: Sequence[float] | np.ndarray) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class RiskThresholds:
-    """Cut-offs on the calibrated P(deficient) that define the risk class.
+    """Cut-offs on the calibrated P(deficient) that define the risk class, chosen from the decision curve.
 
     class 3 (high)          if P(deficient) ≥ ``high``
     class 2 (intermediate)  if ``intermediate`` ≤ P(deficient) < ``high``
     class 1 (low)           otherwise
 
-    ``intermediate`` ≤ 0.33 and ``high`` ≥ 0.5 keep the class consistent with the label (the most probable
-    of normal / borderline / deficient): a deficient label is never low risk, high risk is always a
-    deficient label.
+    A class ≥ 2 means a serum B12 test is advised. ``intermediate`` ≤ 0.33 keeps a "deficient" label (the
+    most probable category) out of class 1. A class may be 3 while "normal" is the most probable label: at a
+    prevalence of a few per cent, a 1-in-10 chance of deficiency warrants a test although most such people
+    are not deficient (docs/model.md, "Risk class and label").
     """
 
     intermediate: float
@@ -77,8 +76,64 @@ class RiskThresholds:
             raise ValueError(
                 f"intermediate threshold {self.intermediate} must be in (0, {MAX_INTERMEDIATE_THRESHOLD}]"
             )
-        if not MIN_HIGH_THRESHOLD <= self.high <= 1.0:
-            raise ValueError(f"high threshold {self.high} must be in [{MIN_HIGH_THRESHOLD}, 1]")
+        if not self.intermediate < self.high < 1.0:
+            raise ValueError(f"high threshold {self.high} must be in ({self.intermediate}, 1)")
+
+
+# -- prevalence: the population a probability is calibrated for -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prevalence:
+    """Expected fractions of a screened population with serum B12 < 200 (deficient) and < 300 pg/mL."""
+
+    deficient: float
+    abnormal: float
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.deficient < self.abnormal < 1.0):
+            raise ValueError(
+                f"prevalences must satisfy 0 < deficient ({self.deficient}) < abnormal ({self.abnormal}) < 1"
+            )
+
+
+def implied_prevalence(deficient: float, reference: Prevalence) -> Prevalence:
+    """The (deficient, abnormal) pair of a population whose only declared figure is its deficient fraction.
+
+    Serum B12 is close to log-normal; a population with more (or less) deficiency is modelled as the
+    reference population's distribution shifted on the log scale. The log-sd is the one the reference's
+    two prevalences imply, so the reference maps onto itself exactly.
+    """
+    if not 0.0 < deficient < 1.0:
+        raise ValueError(f"a prevalence must lie strictly between 0 and 1, got {deficient}")
+    normal = NormalDist()
+    z_d, z_a = normal.inv_cdf(reference.deficient), normal.inv_cdf(reference.abnormal)
+    gap = z_a - z_d  # = ln(300/200) / sigma
+    abnormal = normal.cdf(normal.inv_cdf(deficient) + gap)
+    return Prevalence(deficient=deficient, abnormal=max(abnormal, math.nextafter(deficient, 1.0)))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def stage_log_odds_shifts(reference: Prevalence, target: Prevalence) -> tuple[float, float]:
+    """Prior-shift correction (Bayes on the odds) of each stage's log-odds, from ``reference`` to ``target``.
+
+    Stage 1 predicts B12 < 300 with prior ``abnormal``; stage 2 predicts B12 < 200 among < 300 with prior
+    ``deficient / abnormal``. If the CBC of a deficient (or borderline, or normal) adult looks the same in
+    both populations (label shift), the posterior odds scale by the ratio of prior odds, i.e. each stage's
+    log-odds move by a constant.
+    """
+    shift1 = _logit(target.abnormal) - _logit(reference.abnormal)
+    shift2 = _logit(target.deficient / target.abnormal) - _logit(reference.deficient / reference.abnormal)
+    return shift1, shift2
+
+
+def post_test_probability(prevalence: float, likelihood_ratio: float) -> float:
+    """P(deficient | result) from the pre-test probability and the result's likelihood ratio (Bayes)."""
+    odds = prevalence / (1.0 - prevalence) * likelihood_ratio
+    return odds / (1.0 + odds)
 
 
 def combine_arrays(
@@ -255,14 +310,15 @@ def recommendation(risk: RiskClass, found: Sequence[Finding]) -> str:
     codes = {f.code for f in found}
     if risk is RiskClass.HIGH:
         text = (
-            "High risk of vitamin B12 deficiency: measure serum B12 and folate (add methylmalonic acid or "
-            "homocysteine if B12 is 200–300 pg/mL) and review the blood film before starting treatment"
+            "B12 test advised with priority: the CBC puts this adult in the screen's highest-risk tier; measure "
+            "serum B12 and folate (add methylmalonic acid or homocysteine if B12 is 200–300 pg/mL) and review "
+            "the blood film before starting treatment"
         )
     elif risk is RiskClass.INTERMEDIATE:
         text = (
-            "Intermediate risk: the CBC cannot exclude B12 deficiency, so measure serum B12, particularly "
-            "with neuropathy, cognitive change, metformin or acid-suppressant use, a vegetarian diet, "
-            "age over 60 or malabsorption"
+            "B12 test advised: the CBC puts the chance of deficiency above the screen's testing threshold, so "
+            "measure serum B12, particularly with neuropathy, cognitive change, metformin or acid-suppressant "
+            "use, a vegetarian diet, age over 60 or malabsorption"
         )
     else:
         text = (

@@ -29,7 +29,7 @@ BatchRequestEnvelope = Envelope[batch_ev.ScreeningBatchRequestedV1]
 def classified(model: B12Model, requests: list[RequestEnvelope]) -> list[Envelope[Any]]:
     """One CatBoost call per stage for the whole batch; each result keeps the id and cause of its request."""
     features = np.array([r.payload.cbc.as_features() for r in requests], dtype=np.float64)
-    assessments = model.assess(features)
+    assessments = model.assess(features, [r.payload.expected_prevalence for r in requests])
     return [
         new_envelope(
             ev.ScreeningClassifiedV1(request=r.payload, assessment=a),
@@ -41,18 +41,20 @@ def classified(model: B12Model, requests: list[RequestEnvelope]) -> list[Envelop
     ]
 
 
-def assessed(model: B12Model, cbcs: list[ev.CompleteBloodCount]) -> list[ev.Assessment | str]:
-    """Every CBC assessed in one model call. Should the model refuse the call, row by row: a row it cannot
-    assess gets a reason instead (recorded as rejected) and does not hold up the others."""
+def assessed(model: B12Model, cbcs: list[ev.CompleteBloodCount],
+             prevalences: list[float | None]) -> list[ev.Assessment | str]:
+    """Every CBC assessed in one model call, each at its organisation's declared prevalence. Should the model
+    refuse the call, row by row: a row it cannot assess gets a reason instead (recorded as rejected) and does
+    not hold up the others."""
     features = np.array([c.as_features() for c in cbcs], dtype=np.float64)
     try:
-        return list(model.assess(features))
+        return list(model.assess(features, prevalences))
     except ValueError:
         log.warning("the model refused a batch of %d rows; assessing them one by one", len(cbcs))
     results: list[ev.Assessment | str] = []
-    for row in features:
+    for row, prevalence in zip(features, prevalences, strict=True):
         try:
-            results.append(model.assess(row[None, :])[0])
+            results.append(model.assess(row[None, :], [prevalence])[0])
         except ValueError as problem:
             results.append(f"the model could not assess this CBC: {problem}")
     return results
@@ -73,7 +75,8 @@ def classified_chunks(model: B12Model, messages: list[bytes]) -> list[Envelope[A
     """The chunks' rows in one model call; one ``ScreeningBatchClassified`` per chunk, its id derived from the
     chunk's (a redelivered chunk yields the same event)."""
     chunks = parsed_chunks(messages)
-    results = iter(assessed(model, [r.cbc for c in chunks for r in c.payload.rows]))
+    results = iter(assessed(model, [r.cbc for c in chunks for r in c.payload.rows],
+                            [c.payload.expected_prevalence for c in chunks for _ in c.payload.rows]))
     outgoing = []
     for c in chunks:
         rows = []

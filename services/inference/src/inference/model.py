@@ -1,22 +1,25 @@
 """The shipped two-stage B12 model: load a verified model directory and assess batches of CBCs.
 
 Stage 1 estimates P(abnormal) = P(serum B12 < 300 pg/mL); stage 2 estimates P(deficient | abnormal) =
-P(B12 < 200 | B12 < 300). Each stage is a CatBoost classifier whose raw log-odds are Platt-calibrated
-(``p = σ(a·margin + b)``, fitted on held-out data). Because Platt scaling is affine in log-odds, a feature's
-SHAP value scaled by ``a`` is exactly its contribution to the *calibrated* log-odds; ``top_contributions``
-report the sum of those contributions over both stages, i.e. to logit P(abnormal) + logit P(deficient |
-abnormal), so a positive value always pushes towards deficiency.
+P(B12 < 200 | B12 < 300). Each stage is a CatBoost classifier or a logistic regression (whichever validated
+better, ``stages.json``) whose raw log-odds are Platt-calibrated (``p = σ(a·margin + b)``, fitted on
+out-of-sample predictions). A declared prevalence moves each stage's calibrated log-odds by a constant (Bayes
+on the odds, ``domain.stage_log_odds_shifts``). Both steps are affine in log-odds, so a feature's SHAP value
+scaled by ``a`` is exactly its contribution to the *calibrated* log-odds; ``top_contributions`` report the sum
+of those contributions over both stages, i.e. to logit P(abnormal) + logit P(deficient | abnormal), so a
+positive value always pushes towards deficiency.
 
 A model directory holds ``manifest.json`` (sha256 of every other file) and the artifacts it lists. Nothing
-is unpickled: the models are CatBoost ``.cbm`` files and everything else is JSON, CSV, Markdown or PNG.
+is unpickled: CatBoost stages are ``.cbm`` files, logistic stages and everything else JSON, Markdown or PNG.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,22 +33,23 @@ from shared.events.screening import (
     Assessment,
     Contribution,
     ModelIdentity,
+    PrevalenceBasis,
     Probabilities,
     RiskClass,
+    ScreeningAdvice,
 )
 
 MANIFEST = "manifest.json"
-STAGE1_MODEL = "stage1_abnormal.cbm"
-STAGE2_MODEL = "stage2_deficient.cbm"
+STAGES = "stages.json"
+STAGE_FILES = {"stage1": "stage1_abnormal", "stage2": "stage2_deficient"}  # + ".cbm" or ".json"
 CALIBRATION = "calibration.json"
 THRESHOLDS = "thresholds.json"
 FEATURES = "features.json"
 TRAINING = "training.json"
 CARD_JSON = "card.json"
 CARD_MARKDOWN = "card.md"
-HOLDOUT = "holdout.csv"
-#: Artifacts without which a directory is not a model.
-REQUIRED_ARTIFACTS = (STAGE1_MODEL, STAGE2_MODEL, CALIBRATION, THRESHOLDS, FEATURES, TRAINING, CARD_JSON)
+#: Artifacts without which a directory is not a model (besides the two stage files ``stages.json`` names).
+REQUIRED_ARTIFACTS = (STAGES, CALIBRATION, THRESHOLDS, FEATURES, TRAINING, CARD_JSON)
 MANIFEST_FORMAT = 1
 #: How many features ``Assessment.top_contributions`` lists, largest absolute contribution first.
 TOP_CONTRIBUTIONS = 5
@@ -54,7 +58,7 @@ TOP_CONTRIBUTIONS = 5
 SMALL_BATCH = 2
 
 #: The directory shipped in this package's source tree.
-DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parents[2] / "models" / "b12-cbc-v1"
+DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parents[2] / "models" / "b12-cbc-v2"
 
 
 class ModelArtifactError(Exception):
@@ -197,6 +201,127 @@ def thresholds_from_json(data: Mapping[str, Any]) -> domain.RiskThresholds:
     return domain.RiskThresholds(intermediate=float(data["intermediate"]), high=float(data["high"]))
 
 
+# -- stages ----------------------------------------------------------------------------------------------
+
+
+class CatBoostStage:
+    """A CatBoost classifier: raw log-odds and exact (tree) SHAP values."""
+
+    family = "catboost"
+    suffix = ".cbm"
+
+    def __init__(self, model: CatBoostClassifier) -> None:
+        self.model = model
+
+    def margins(self, x: np.ndarray, thread_count: int) -> np.ndarray:
+        return np.asarray(self.model.predict(x, prediction_type="RawFormulaVal", thread_count=thread_count),
+                          dtype=np.float64)
+
+    def shap(self, x: np.ndarray, thread_count: int) -> np.ndarray:
+        pool = Pool(x, feature_names=list(FEATURE_ORDER))
+        # Exact SHAP either way; precalculating per-leaf values costs ~3 ms a call and pays off only for batches.
+        mode = "NoPreCalc" if len(x) <= SMALL_BATCH else "Auto"
+        values = self.model.get_feature_importance(pool, type="ShapValues", thread_count=thread_count,
+                                                   shap_mode=mode)
+        return values[:, :-1]  # the last column is the expected value (bias), not a feature
+
+    def write(self, path: pathlib.Path) -> None:
+        self.model.save_model(str(path), format="cbm")
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, name: str) -> CatBoostStage:
+        return cls(_load_catboost(blob, name))
+
+
+@dataclass(frozen=True)
+class LogisticStage:
+    """A logistic regression on standardised features: ``margin = Σ coef·(x − mean)/scale + intercept``.
+
+    Its exact SHAP value (features taken as independent, the training mean as baseline) is the term of each
+    feature, ``coef·(x − mean)/scale``, so explanations stay additive in log-odds as CatBoost's do.
+    """
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    family = "logistic"
+    suffix = ".json"
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.mean), len(self.scale), len(self.coef)}
+        if sizes != {len(FEATURE_ORDER)}:
+            raise ValueError(f"a logistic stage needs {len(FEATURE_ORDER)} means, scales and coefficients")
+        numbers = (*self.mean, *self.scale, *self.coef, self.intercept)
+        if not all(math.isfinite(v) for v in numbers) or min(self.scale) <= 0:
+            raise ValueError("a logistic stage needs finite numbers and positive scales")
+
+    def _terms(self, x: np.ndarray) -> np.ndarray:
+        return (x - np.asarray(self.mean)) / np.asarray(self.scale) * np.asarray(self.coef)
+
+    def margins(self, x: np.ndarray, thread_count: int) -> np.ndarray:
+        return self._terms(x).sum(axis=1) + self.intercept
+
+    def shap(self, x: np.ndarray, thread_count: int) -> np.ndarray:
+        return self._terms(x)
+
+    def write(self, path: pathlib.Path) -> None:
+        document = {"family": self.family, "features": list(FEATURE_ORDER), "mean": list(self.mean),
+                    "scale": list(self.scale), "coef": list(self.coef), "intercept": self.intercept,
+                    "formula": "margin = sum(coef * (x - mean) / scale) + intercept"}
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, name: str) -> LogisticStage:
+        try:
+            data = json.loads(blob)
+            if data.get("features") != list(FEATURE_ORDER):
+                raise ValueError(f"features {data.get('features')} differ from {list(FEATURE_ORDER)}")
+            return cls(mean=tuple(map(float, data["mean"])), scale=tuple(map(float, data["scale"])),
+                       coef=tuple(map(float, data["coef"])), intercept=float(data["intercept"]))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelArtifactError(f"{name} is not a logistic stage: {exc}") from exc
+
+
+Stage = CatBoostStage | LogisticStage
+STAGE_FAMILIES: dict[str, type[CatBoostStage] | type[LogisticStage]] = {
+    "catboost": CatBoostStage, "logistic": LogisticStage}
+
+
+def stage_file(stage_key: str, stage: Stage) -> str:
+    return STAGE_FILES[stage_key] + stage.suffix
+
+
+# -- what a lab acts on ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScreenPolicy:
+    """Thresholds and what was measured about them out of sample: the population the probabilities are
+    calibrated for, and each risk class's likelihood ratio for deficiency."""
+
+    thresholds: domain.RiskThresholds
+    reference: domain.Prevalence
+    class_likelihood_ratios: Mapping[int, float]
+    data_source: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], data_source: str) -> ScreenPolicy:
+        reference = data["reference_prevalence"]
+        ratios = {int(k): float(v) for k, v in data["class_likelihood_ratios"].items()}
+        if set(ratios) != {1, 2, 3} or not all(math.isfinite(v) and v > 0 for v in ratios.values()):
+            raise ValueError("class_likelihood_ratios needs a positive finite ratio for classes 1, 2 and 3")
+        return cls(thresholds_from_json(data),
+                   domain.Prevalence(deficient=float(reference["deficient"]),
+                                     abnormal=float(reference["abnormal"])),
+                   ratios, data_source)
+
+    def prevalence_for(self, declared: float | None) -> tuple[domain.Prevalence, str]:
+        if declared is None:
+            return self.reference, "model"
+        return domain.implied_prevalence(declared, self.reference), "organisation"
+
+
 # -- the model -------------------------------------------------------------------------------------------
 
 
@@ -211,11 +336,11 @@ class B12Model:
         *,
         version: str,
         identity: ModelIdentity,
-        stage1: CatBoostClassifier,
-        stage2: CatBoostClassifier,
+        stage1: Stage,
+        stage2: Stage,
         calibration1: PlattCalibration,
         calibration2: PlattCalibration,
-        thresholds: domain.RiskThresholds,
+        policy: ScreenPolicy,
         card: Mapping[str, Any] | None = None,
         thread_count: int = 1,
     ) -> None:
@@ -225,7 +350,8 @@ class B12Model:
         self.stage2 = stage2
         self.calibration1 = calibration1
         self.calibration2 = calibration2
-        self.thresholds = thresholds
+        self.policy = policy
+        self.thresholds = policy.thresholds
         self._card = dict(card or {})
         self.thread_count = thread_count
 
@@ -233,34 +359,35 @@ class B12Model:
     def load(cls, directory: pathlib.Path, *, thread_count: int = 1) -> B12Model:
         """Load ``directory`` after checking every artifact against the manifest's sha256."""
         manifest, contents = read_verified(pathlib.Path(directory))
-        features, calibration, thresholds, card, _ = (
+        stages, features, calibration, thresholds, card, training = (
             _json_object(contents, name, directory)
-            for name in (FEATURES, CALIBRATION, THRESHOLDS, CARD_JSON, TRAINING)
+            for name in (STAGES, FEATURES, CALIBRATION, THRESHOLDS, CARD_JSON, TRAINING)
         )
         order = features.get("feature_order")
         if not isinstance(order, list) or tuple(order) != FEATURE_ORDER:
             raise ModelArtifactError(
                 f"model features {order} differ from the contract's {list(FEATURE_ORDER)}"
             )
+        loaded = {key: _load_stage(stages, key, contents, directory) for key in STAGE_FILES}
         try:
             calibration1 = PlattCalibration.from_json(calibration["stage1"])
             calibration2 = PlattCalibration.from_json(calibration["stage2"])
-            risk_thresholds = thresholds_from_json(thresholds)
+            data = training.get("data") if isinstance(training.get("data"), dict) else {}
+            policy = ScreenPolicy.from_json(thresholds, str(data.get("description", "unknown")))
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelArtifactError(f"calibration or thresholds of {directory} are invalid: {exc}") from exc
-        stage1 = _load_catboost(contents[STAGE1_MODEL], STAGE1_MODEL)
-        stage2 = _load_catboost(contents[STAGE2_MODEL], STAGE2_MODEL)
         identity = ModelIdentity(
-            version=manifest["version"], artifacts_sha256=artifacts_digest(manifest["artifacts"])
+            version=manifest["version"], artifacts_sha256=artifacts_digest(manifest["artifacts"]),
+            data_source=policy.data_source,
         )
         return cls(
             version=manifest["version"],
             identity=identity,
-            stage1=stage1,
-            stage2=stage2,
+            stage1=loaded["stage1"],
+            stage2=loaded["stage2"],
             calibration1=calibration1,
             calibration2=calibration2,
-            thresholds=risk_thresholds,
+            policy=policy,
             card=card,
             thread_count=thread_count,
         )
@@ -287,45 +414,70 @@ class B12Model:
         return x
 
     def margins(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (uncalibrated) log-odds of both stages: one CatBoost call per stage for the whole batch."""
+        """Raw (uncalibrated) log-odds of both stages: one call per stage for the whole batch."""
         return self._margins(self._matrix(features))
 
     def _margins(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m1 = self.stage1.predict(x, prediction_type="RawFormulaVal", thread_count=self.thread_count)
-        m2 = self.stage2.predict(x, prediction_type="RawFormulaVal", thread_count=self.thread_count)
-        return np.asarray(m1, dtype=np.float64), np.asarray(m2, dtype=np.float64)
+        return self.stage1.margins(x, self.thread_count), self.stage2.margins(x, self.thread_count)
 
-    def predict_proba(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated P(abnormal) and P(deficient | abnormal) per row."""
-        m1, m2 = self.margins(features)
-        return self.calibration1(m1), self.calibration2(m2)
+    def _shifts(self, n: int, prevalences: Sequence[float | None] | None
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[domain.Prevalence, str]]]:
+        """Per-row log-odds shifts of both stages and the prevalence each row is computed for."""
+        declared = list(prevalences) if prevalences is not None else [None] * n
+        if len(declared) != n:
+            raise ValueError(f"{len(declared)} prevalences for {n} rows")
+        bases = {value: self.policy.prevalence_for(value) for value in set(declared)}
+        shifts = {value: domain.stage_log_odds_shifts(self.policy.reference, basis)
+                  for value, (basis, _) in bases.items()}
+        shift1 = np.array([shifts[v][0] for v in declared], dtype=np.float64)
+        shift2 = np.array([shifts[v][1] for v in declared], dtype=np.float64)
+        return shift1, shift2, [bases[v] for v in declared]
 
-    def probabilities(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_proba(self, features: np.ndarray, prevalences: Sequence[float | None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated P(abnormal) and P(deficient | abnormal) per row, at each row's declared prevalence of
+        deficiency (None: the population the model was calibrated on)."""
+        x = self._matrix(features)
+        m1, m2 = self._margins(x)
+        shift1, shift2, _ = self._shifts(len(x), prevalences)
+        return sigmoid(self.calibration1.logit(m1) + shift1), sigmoid(self.calibration2.logit(m2) + shift2)
+
+    def probabilities(self, features: np.ndarray, prevalences: Sequence[float | None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated (P(normal), P(borderline), P(deficient)) per row."""
-        return domain.combine_arrays(*self.predict_proba(features))
+        return domain.combine_arrays(*self.predict_proba(features, prevalences))
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """Per-row, per-feature SHAP contribution to logit P(abnormal) + logit P(deficient | abnormal)."""
         return self._contributions(self._matrix(features))
 
     def _contributions(self, x: np.ndarray) -> np.ndarray:
-        pool = Pool(x, feature_names=list(FEATURE_ORDER))
-        # Exact SHAP either way; precalculating per-leaf values costs ~3 ms a call and pays off only for batches.
-        mode = "NoPreCalc" if len(x) <= SMALL_BATCH else "Auto"
-        shap1 = self.stage1.get_feature_importance(pool, type="ShapValues", thread_count=self.thread_count,
-                                                   shap_mode=mode)
-        shap2 = self.stage2.get_feature_importance(pool, type="ShapValues", thread_count=self.thread_count,
-                                                   shap_mode=mode)
-        # last column is the expected value (bias), not a feature
-        return self.calibration1.slope * shap1[:, :-1] + self.calibration2.slope * shap2[:, :-1]
+        return (self.calibration1.slope * self.stage1.shap(x, self.thread_count)
+                + self.calibration2.slope * self.stage2.shap(x, self.thread_count))
 
-    def assess(self, features: np.ndarray) -> list[Assessment]:
-        """One ``Assessment`` per row of ``features`` (shape (n, len(FEATURE_ORDER)), canonical units)."""
+    def advice(self, risk: RiskClass, basis: domain.Prevalence, source: str) -> ScreeningAdvice:
+        """What the lab acts on: whether to test, and what the risk class means at this prevalence."""
+        ratio = self.policy.class_likelihood_ratios[int(risk)]
+        return ScreeningAdvice(
+            test_advised=risk >= RiskClass.INTERMEDIATE,
+            threshold=self.thresholds.intermediate,
+            high_threshold=self.thresholds.high,
+            likelihood_ratio=ratio,
+            post_test_probability=domain.post_test_probability(basis.deficient, ratio),
+            prevalence=PrevalenceBasis(deficient=basis.deficient, abnormal=basis.abnormal, source=source),
+        )
+
+    def assess(self, features: np.ndarray, prevalences: Sequence[float | None] | None = None
+               ) -> list[Assessment]:
+        """One ``Assessment`` per row of ``features`` (shape (n, len(FEATURE_ORDER)), canonical units), each
+        at its row's declared prevalence of deficiency (None: the model's own population)."""
         x = self._matrix(features)
         if len(x) == 0:
             return []
         m1, m2 = self._margins(x)
-        normal, borderline, deficient = domain.combine_arrays(self.calibration1(m1), self.calibration2(m2))
+        shift1, shift2, bases = self._shifts(len(x), prevalences)
+        normal, borderline, deficient = domain.combine_arrays(
+            sigmoid(self.calibration1.logit(m1) + shift1), sigmoid(self.calibration2.logit(m2) + shift2))
         classes = domain.risk_classes(deficient, self.thresholds)
         labels = domain.labels(normal, borderline, deficient)
         contributions = self._contributions(x)
@@ -357,12 +509,13 @@ class B12Model:
                         for j in order[i]
                     ],
                     model=self.identity,
+                    advice=self.advice(risk, *bases[i]),
                 )
             )
         return results
 
     def card_metrics(self) -> dict[str, Any]:
-        """The model card's measured metrics (held-out split), as written at training time."""
+        """The model card's measured metrics (out of sample), as written at training time."""
         return json.loads(json.dumps(self._card.get("metrics", {})))
 
     def card(self) -> dict[str, Any]:
@@ -377,6 +530,18 @@ def _json_object(contents: Mapping[str, bytes], name: str, directory: pathlib.Pa
     if not isinstance(data, dict):
         raise ModelArtifactError(f"{name} of {directory} is not a JSON object")
     return data
+
+
+def _load_stage(stages: Mapping[str, Any], key: str, contents: Mapping[str, bytes],
+                directory: pathlib.Path) -> Stage:
+    entry = stages.get(key)
+    family = STAGE_FAMILIES.get(entry.get("family")) if isinstance(entry, dict) else None
+    if family is None:
+        raise ModelArtifactError(f"{STAGES} of {directory} names no known family for {key}")
+    name = STAGE_FILES[key] + family.suffix
+    if name not in contents:
+        raise ModelArtifactError(f"manifest of {directory} lacks {name}, the {key} model")
+    return family.from_bytes(contents[name], name)
 
 
 def _load_catboost(blob: bytes, name: str) -> CatBoostClassifier:

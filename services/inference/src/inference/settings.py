@@ -6,7 +6,7 @@ from pydantic import Field
 
 from shared.settings import CommonSettings
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "b12-cbc-v1"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "b12-cbc-v2"
 
 
 class InferenceSettings(CommonSettings):

@@ -22,15 +22,17 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from screening import store
-from screening.access import CLINICIANS, Tenant, tenant
+from screening.access import CLINICIANS, ORG_ROLES, Tenant, tenant
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["analytics"])
 Reader = Annotated[Tenant, Depends(tenant(*CLINICIANS))]
+Member = Annotated[Tenant, Depends(tenant(*ORG_ROLES))]
 #: The period when none is given: the last 30 days, today (UTC) included.
 DEFAULT_DAYS = 30
 MODEL_CARD_PATH = "/internal/model-card"
@@ -67,16 +69,22 @@ class Period(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """The inference worker's model card, as read from its model directory."""
+    """The inference worker's model card, as read from its model directory: what the model is, what it was
+    trained and validated on, and what each risk class means (sensitivity, specificity, PPV, NPV, share
+    flagged and likelihood ratio, out of sample, with 95 % intervals)."""
 
     version: str
     artifacts_sha256: str
     name: str
+    family: str
     status: str
     intended_use: str
+    data_source: str | None
+    outcomes: dict[str, str]
+    validation: str
     metrics: dict[str, Any]
     thresholds: dict[str, Any]
-    splits: dict[str, int]
+    aims: dict[str, Any]
     limitations: list[str]
 
 
@@ -134,6 +142,19 @@ async def model_card(inference_url: str, timeout_seconds: float) -> ModelCard | 
     except (httpx.HTTPError, ValidationError) as problem:
         log.warning("model card unavailable from the inference worker: %s", type(problem).__name__)
         return None
+
+
+@router.get("/api/screening/model", response_model=ModelCard, tags=["model"],
+            responses={503: {"description": "The inference worker cannot be asked right now"}})
+async def model_description(t: Member, request: Request) -> Any:
+    """The model that screens this organisation's CBCs: data, validation, operating point of each risk class
+    and limitations (read from the inference worker's verified model directory)."""
+    settings = request.app.state.settings
+    card = await model_card(settings.inference_url, settings.inference_timeout_seconds)
+    if card is None:
+        return JSONResponse({"detail": "the model's description is unavailable; retry later"}, status_code=503,
+                            headers={"retry-after": "5"})
+    return card
 
 
 @router.get("/api/analytics/summary", response_model=Summary, response_model_by_alias=True)

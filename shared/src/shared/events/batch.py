@@ -49,6 +49,8 @@ class ScreeningBatchRequestedV1(BaseModel):
     chunk: int = Field(ge=0)
     rows: list[BatchRow]
     requested_at: datetime
+    #: The organisation's declared prevalence of B12 < 200 pg/mL, as in ``ScreeningRequestedV1`` (1.1).
+    expected_prevalence: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 class ClassifiedRow(BaseModel):

@@ -79,6 +79,14 @@ class ConsentPolicyChangedV1(_Event):
     consent_type: str
 
 
+class ExpectedPrevalenceDeclaredV1(_Event):
+    """The organisation declared (or withdrew, None) the expected fraction of its screened adults with serum
+    B12 < 200 pg/mL; the model corrects its probabilities to it from then on."""
+
+    expected_prevalence: float | None
+    previous: float | None
+
+
 class PhiViewedV1(_Event):
     """A response that showed PHI (decrypted names or consent texts) of these patients to the actor."""
 
@@ -140,6 +148,7 @@ PATIENT_UPDATED = ("PatientUpdated", 1)
 CONSENT_RECORDED = ("ConsentRecorded", 1)
 CONSENT_REVOKED = ("ConsentRevoked", 1)
 CONSENT_POLICY_CHANGED = ("ConsentPolicyChanged", 1)
+EXPECTED_PREVALENCE_DECLARED = ("ExpectedPrevalenceDeclared", 1)
 PHI_VIEWED = ("PhiViewed", 1)
 RECORDS_EXPORT_STARTED = ("RecordsExportStarted", 1)
 RECORDS_EXPORTED = ("RecordsExported", 1)
@@ -151,7 +160,8 @@ KINDS: dict[type[BaseModel], tuple[str, int]] = {
     DoctorCreatedV1: DOCTOR_CREATED, DoctorUpdatedV1: DOCTOR_UPDATED, DoctorDeactivatedV1: DOCTOR_DEACTIVATED,
     PatientCreatedV1: PATIENT_CREATED, PatientUpdatedV1: PATIENT_UPDATED,
     ConsentRecordedV1: CONSENT_RECORDED, ConsentRevokedV1: CONSENT_REVOKED,
-    ConsentPolicyChangedV1: CONSENT_POLICY_CHANGED, PhiViewedV1: PHI_VIEWED, RecordsExportedV1: RECORDS_EXPORTED,
+    ConsentPolicyChangedV1: CONSENT_POLICY_CHANGED, ExpectedPrevalenceDeclaredV1: EXPECTED_PREVALENCE_DECLARED,
+    PhiViewedV1: PHI_VIEWED, RecordsExportedV1: RECORDS_EXPORTED,
     RecordsExportStartedV1: RECORDS_EXPORT_STARTED,
     ScreeningAdmissionRefusedV1: SCREENING_ADMISSION_REFUSED,
 }

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.text import Text
+
 # -- units -----------------------------------------------------------------------------------------------
 
 #: Canonical unit of each analyte and the factor that converts every accepted unit to it.
@@ -54,6 +56,10 @@ CONSISTENCY_TOLERANCE = 0.10
 class Sex(StrEnum):
     FEMALE = "female"
     MALE = "male"
+
+
+#: Codes accepted for sex, compared case-insensitively; anything else is refused (422).
+SEX_CODES = {"female": "female", "f": "female", "male": "male", "m": "male"}
 
 
 class Quantity(BaseModel):
@@ -122,6 +128,14 @@ class CompleteBloodCount(BaseModel):
     )
     sex: Sex
 
+    @field_validator("sex", mode="before")
+    @classmethod
+    def _usual_sex_codes(cls, raw: Any) -> Any:
+        """``M``/``F`` (any case) as labs and analysers send them, besides ``male``/``female``."""
+        if isinstance(raw, str):
+            return SEX_CODES.get(raw.lower(), raw)
+        return raw
+
     @field_validator(*UNITS, mode="before")
     @classmethod
     def _to_canonical_unit(cls, raw: Any, info: Any) -> Any:
@@ -184,8 +198,8 @@ class PatientReference(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    external_id: str = Field(min_length=1, max_length=64)
-    name_ciphertext: str | None = None
+    external_id: Text = Field(min_length=1, max_length=64)
+    name_ciphertext: Text | None = None
     #: The tenant's patient record the gateway's admission check resolved (None in older commands).
     patient_id: uuid.UUID | None = None
 
@@ -201,6 +215,9 @@ class ScreeningRequestedV1(BaseModel):
     requested_at: datetime
     #: The active consent under which the screening was admitted (None when the policy requires none).
     consent_id: uuid.UUID | None = None
+    #: The organisation's declared expected fraction of its screened adults with serum B12 < 200 pg/mL
+    #: (None: the population the model was calibrated on). Added in 1.1 (optional, additive).
+    expected_prevalence: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 # -- assessment ------------------------------------------------------------------------------------------
@@ -261,6 +278,35 @@ class ModelIdentity(BaseModel):
 
     version: str
     artifacts_sha256: str = Field(description="sha256 over the sorted artifact hashes of the model directory")
+    data_source: str | None = Field(None, description="What the model was trained and validated on (1.1)")
+
+
+class PrevalenceBasis(BaseModel):
+    """The population a probability was computed for: its expected fractions below 200 and 300 pg/mL."""
+
+    model_config = ConfigDict(frozen=True)
+
+    deficient: float = Field(gt=0.0, lt=1.0, description="Expected fraction with serum B12 < 200 pg/mL")
+    abnormal: float = Field(gt=0.0, lt=1.0, description="Expected fraction with serum B12 < 300 pg/mL")
+    source: Literal["model", "organisation"] = Field(
+        description="model: the population the model was calibrated on; organisation: the tenant's declared "
+                    "prevalence (prior-shift corrected)")
+
+
+class ScreeningAdvice(BaseModel):
+    """What a lab acts on. At a prevalence of a few per cent the most probable label is nearly always
+    "normal"; the advice says whether a serum B12 test is warranted and what the risk class means."""
+
+    model_config = ConfigDict(frozen=True)
+
+    test_advised: bool = Field(description="Risk class ≥ 2: a serum B12 test is advised")
+    threshold: float = Field(description="P(deficient) at or above which a test is advised (class ≥ 2)")
+    high_threshold: float = Field(description="P(deficient) at or above which the risk class is 3")
+    likelihood_ratio: float = Field(
+        description="P(this risk class | deficient) / P(this risk class | not deficient), measured out of sample")
+    post_test_probability: float = Field(
+        description="P(B12 < 200 pg/mL | this risk class) at the prevalence below (Bayes on the odds)")
+    prevalence: PrevalenceBasis
 
 
 class Assessment(BaseModel):
@@ -276,6 +322,8 @@ class Assessment(BaseModel):
     recommendation: str
     top_contributions: list[Contribution]
     model: ModelIdentity
+    #: Added in 1.1 (optional, additive); None in assessments made before it.
+    advice: ScreeningAdvice | None = None
 
 
 class ScreeningClassifiedV1(BaseModel):

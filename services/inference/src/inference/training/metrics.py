@@ -1,20 +1,20 @@
 """Discrimination and calibration metrics in plain numpy, so the card's numbers can be recomputed anywhere.
 
-``auroc`` is the Mann–Whitney statistic with average ranks for ties; ``average_precision`` is the step-wise
-area under the precision–recall curve (the definition scikit-learn uses; the tests check both agree).
+Calibration is judged as a rare outcome needs: intercept (calibration-in-the-large) and slope of the
+logistic recalibration, Brier skill against the prevalence-only forecast, a reliability table by tenths of
+predicted risk, and decision-curve net benefit. ``auroc`` is the Mann–Whitney statistic with average ranks
+for ties; ``average_precision`` is the step-wise area under the precision–recall curve (the definition scikit-learn uses; the tests check both agree).
 Confidence intervals are percentile bootstraps over rows with a fixed seed, so they are reproducible.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
-
-from inference import domain
-from inference.training.data import ABNORMAL_BELOW, DEFICIENT_BELOW
 
 CALIBRATION_BINS = 10
 
@@ -55,24 +55,89 @@ def brier(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((np.asarray(p, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2))
 
 
-def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict[str, Any]]:
-    """Equal-width probability bins: rows, mean predicted probability and observed rate (empty bins left out)."""
+def brier_skill(y: np.ndarray, p: np.ndarray) -> float:
+    """1 − Brier / Brier of the prevalence-only forecast (which predicts the observed rate for everyone)."""
+    rate = float(np.mean(y))
+    reference = rate * (1.0 - rate)
+    return 1.0 - brier(y, p) / reference if reference > 0 else float("nan")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(q / (1.0 - q))
+
+
+def _newton_logistic(design: np.ndarray, y: np.ndarray, offset: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Maximum-likelihood coefficients of ``y ~ σ(design·w + offset)`` (small designs: one or two columns)."""
+    w = np.zeros(design.shape[1])
+    for _ in range(iterations):
+        z = design @ w + offset
+        q = 1.0 / (1.0 + np.exp(-z))
+        gradient = design.T @ (q - y)
+        hessian = design.T @ (design * (q * (1 - q))[:, None]) + 1e-9 * np.eye(design.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        w = w - step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return w
+
+
+def calibration_intercept(y: np.ndarray, p: np.ndarray) -> float:
+    """Calibration-in-the-large: the log-odds offset that makes the mean prediction match (0 is ideal)."""
+    y = np.asarray(y, dtype=np.float64)
+    return float(_newton_logistic(np.ones((len(y), 1)), y, _logit(p))[0])
+
+
+def calibration_slope(y: np.ndarray, p: np.ndarray) -> float:
+    """Slope of the logistic recalibration ``y ~ a + b·logit(p)`` (1 is ideal; < 1 means too extreme)."""
+    y = np.asarray(y, dtype=np.float64)
+    z = _logit(p)
+    return float(_newton_logistic(np.column_stack([np.ones_like(z), z]), y, np.zeros_like(z))[1])
+
+
+def reliability_table(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict[str, Any]]:
+    """Rows grouped by tenths of predicted risk (quantiles, because a rare outcome's probabilities crowd
+    near zero): rows, predicted range, mean predicted probability and observed rate per group."""
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
-    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    order = np.argsort(p, kind="mergesort")
     table = []
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            table.append(
-                {
-                    "bin": [b / bins, (b + 1) / bins],
-                    "rows": int(mask.sum()),
-                    "mean_predicted": float(p[mask].mean()),
-                    "observed_rate": float(y[mask].mean()),
-                }
-            )
+    for part in np.array_split(order, bins):
+        if len(part):
+            table.append({
+                "rows": int(len(part)),
+                "predicted_range": [float(p[part].min()), float(p[part].max())],
+                "mean_predicted": float(p[part].mean()),
+                "observed_rate": float(y[part].mean()),
+            })
     return table
+
+
+#: Threshold probabilities of the decision curve: 1 % to 20 %.
+DECISION_THRESHOLDS = tuple(round(0.01 * k, 2) for k in range(1, 21))
+
+
+def net_benefit(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    """Net benefit of testing those with ``p ≥ threshold``: true positives minus false positives weighted by
+    the odds of the threshold, per person screened (Vickers & Elkin's decision-curve analysis)."""
+    y = np.asarray(y, dtype=bool)
+    flagged = np.asarray(p) >= threshold
+    n = len(y)
+    return float(((y & flagged).sum() - (~y & flagged).sum() * threshold / (1.0 - threshold)) / n)
+
+
+def decision_curve(y: np.ndarray, p: np.ndarray,
+                   thresholds: tuple[float, ...] = DECISION_THRESHOLDS) -> list[dict[str, float]]:
+    """Net benefit of the model, of testing everyone and of testing no one (0) at each threshold."""
+    y = np.asarray(y, dtype=bool)
+    rate = float(y.mean())
+    return [{
+        "threshold": t,
+        "model": net_benefit(y, p, t),
+        "test_everyone": rate - (1.0 - rate) * t / (1.0 - t),
+        "test_no_one": 0.0,
+        "flagged_fraction": float(np.mean(np.asarray(p) >= t)),
+    } for t in thresholds]
 
 
 def operating_point(y: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
@@ -128,104 +193,69 @@ def bootstrap_ci(
     }
 
 
-def _discrimination(
-    y: np.ndarray, p: np.ndarray, resamples: int, seed: int, progress: bool, desc: str
-) -> dict[str, Any]:
-    ci = (
-        bootstrap_ci(
-            y, p, {"auroc": auroc, "auprc": average_precision}, resamples, seed, progress=progress, desc=desc
-        )
-        if resamples
-        else {"auroc": None, "auprc": None}
-    )
-    return {
-        "rows": len(y),
-        "prevalence": float(np.mean(y)),
-        "auroc": {"estimate": auroc(y, p), "ci95": ci["auroc"]},
-        "auprc": {"estimate": average_precision(y, p), "ci95": ci["auprc"]},
-        "brier": brier(y, p),
-    }
+def _interval(estimate: float, ci: list[float] | None) -> dict[str, Any]:
+    return {"estimate": estimate, "ci95": ci}
 
 
-def evaluate(
-    p_abnormal: np.ndarray,
-    p_deficient_given_abnormal: np.ndarray,
-    b12_pg_ml: np.ndarray,
-    thresholds: domain.RiskThresholds,
-    *,
-    resamples: int = 1000,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Everything the model card reports about one labelled split, from the calibrated stage outputs."""
-    normal, borderline, p_deficient = domain.combine_arrays(p_abnormal, p_deficient_given_abnormal)
-    b12 = np.asarray(b12_pg_ml, dtype=np.float64)
-    deficient = b12 < DEFICIENT_BELOW
-    abnormal = b12 < ABNORMAL_BELOW
-    classes = domain.risk_classes(p_deficient, thresholds)
-    labels = domain.labels(normal, borderline, p_deficient)
-
-    out: dict[str, Any] = {
-        "rows": len(b12),
-        "bootstrap": {"resamples": resamples, "seed": seed, "interval": "percentile 95 %"},
-    }
-    out["deficient"] = {
-        "definition": f"serum B12 < {DEFICIENT_BELOW:g} pg/mL",
-        "score": "P(deficient)",
-        **_discrimination(deficient, p_deficient, resamples, seed, progress, "bootstrap deficient"),
-        "calibration": calibration_table(deficient, p_deficient),
-        "at_intermediate": {
-            "rule": "risk class ≥ 2",
-            "threshold": thresholds.intermediate,
-            **operating_point(deficient, classes >= 2),
-        },
-        "at_high": {
-            "rule": "risk class 3",
-            "threshold": thresholds.high,
-            **operating_point(deficient, classes >= 3),
-        },
-    }
-    out["abnormal"] = {
-        "definition": f"serum B12 < {ABNORMAL_BELOW:g} pg/mL",
-        "score": "P(abnormal)",
-        **_discrimination(abnormal, p_abnormal, resamples, seed + 1, progress, "bootstrap abnormal"),
-        "calibration": calibration_table(abnormal, p_abnormal),
-        "at_intermediate": {"rule": "risk class ≥ 2", **operating_point(abnormal, classes >= 2)},
-    }
-    stage2 = {
-        "definition": f"serum B12 < {DEFICIENT_BELOW:g} among B12 < {ABNORMAL_BELOW:g} pg/mL",
-        "score": "P(deficient | abnormal)",
-    }
-    if abnormal.any() and not deficient[abnormal].all() and deficient[abnormal].any():
-        stage2.update(
-            _discrimination(
-                deficient[abnormal],
-                np.asarray(p_deficient_given_abnormal)[abnormal],
-                resamples,
-                seed + 2,
-                progress,
-                "bootstrap stage 2",
-            )
-        )
-    out["deficient_given_abnormal"] = stage2
-    out["risk_classes"] = {
-        str(c): {
-            "rows": int((classes == c).sum()),
-            "fraction": float((classes == c).mean()),
-            "deficient_rate": float(deficient[classes == c].mean()) if (classes == c).any() else None,
-            "abnormal_rate": float(abnormal[classes == c].mean()) if (classes == c).any() else None,
-        }
-        for c in (1, 2, 3)
-    }
-    truth = np.where(deficient, "deficient", np.where(abnormal, "borderline", "normal"))
-    predicted = np.array([str(label) for label in labels])
-    out["labels"] = {
-        "confusion": {
-            t: {
-                p: int(((truth == t) & (predicted == p)).sum()) for p in ("normal", "borderline", "deficient")
-            }
-            for t in ("normal", "borderline", "deficient")
-        },
-        "accuracy": float((truth == predicted).mean()),
-    }
+def outcome_report(y: np.ndarray, p: np.ndarray, *, resamples: int, seed: int,
+                   progress: bool = False, desc: str = "bootstrap") -> dict[str, Any]:
+    """Discrimination, calibration, overall accuracy and the decision curve of one score for one outcome."""
+    y = np.asarray(y, dtype=bool)
+    p = np.asarray(p, dtype=np.float64)
+    out: dict[str, Any] = {"rows": int(len(y)), "events": int(y.sum()),
+                           "prevalence": float(y.mean()) if len(y) else float("nan"),
+                           "mean_predicted": float(p.mean()) if len(y) else float("nan")}
+    if len(y) == 0 or y.all() or not y.any():
+        return out | {"note": "both outcomes are needed for these metrics"}
+    functions = {"auroc": auroc, "auprc": average_precision, "calibration_intercept": calibration_intercept,
+                 "calibration_slope": calibration_slope, "brier_skill": brier_skill}
+    ci = bootstrap_ci(y, p, functions, resamples, seed, progress=progress, desc=desc) if resamples else {}
+    out |= {name: _interval(fn(y, p), ci.get(name)) for name, fn in functions.items()}
+    out["brier"] = brier(y, p)
+    out["mean_predicted_relative_error"] = out["mean_predicted"] / out["prevalence"] - 1.0
+    out["reliability"] = reliability_table(y, p)
+    out["decision_curve"] = decision_curve(y, p)
     return out
+
+
+def class_report(y: np.ndarray, classes: np.ndarray, *, resamples: int, seed: int) -> dict[str, Any]:
+    """What each risk class and each "class ≥ k" rule does for one outcome, with bootstrap 95 % intervals:
+    sensitivity, specificity, PPV, NPV and share flagged of the rules; the likelihood ratio and observed rate
+    of each class."""
+    y = np.asarray(y, dtype=bool)
+    classes = np.asarray(classes)
+    if len(y) == 0 or y.all() or not y.any():
+        return {"note": "both outcomes are needed for these figures"}
+
+    def figures(yy: np.ndarray, cc: np.ndarray) -> dict[str, float | None]:
+        row: dict[str, float | None] = {}
+        positives, negatives = yy.sum(), (~yy).sum()
+        for k in (2, 3):
+            point = operating_point(yy, cc >= k)
+            for name in ("sensitivity", "specificity", "ppv", "npv", "flagged_fraction"):
+                row[f"ge{k}.{name}"] = point[name]
+        for k in (1, 2, 3):
+            in_class = cc == k
+            share_pos = in_class[yy].sum() / positives if positives else None
+            share_neg = in_class[~yy].sum() / negatives if negatives else None
+            row[f"class{k}.likelihood_ratio"] = (share_pos / share_neg
+                                                 if share_pos is not None and share_neg else None)
+            row[f"class{k}.observed_rate"] = float(yy[in_class].mean()) if in_class.any() else None
+            row[f"class{k}.fraction"] = float(in_class.mean())
+        return row
+
+    estimate = figures(y, classes)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in estimate}
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y), len(y))
+        for name, value in figures(y[idx], classes[idx]).items():
+            if value is not None and math.isfinite(value):
+                draws[name].append(value)
+    report: dict[str, Any] = {}
+    for name, value in estimate.items():
+        group, metric = name.split(".")
+        values = draws[name]
+        ci = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
+        report.setdefault(group, {})[metric] = _interval(value, ci)
+    return report

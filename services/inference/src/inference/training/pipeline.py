@@ -1,9 +1,19 @@
-"""Train, calibrate, choose thresholds, evaluate and write a versioned, hash-manifested model directory.
+"""Train and validate the two-stage screen, then write a versioned, hash-manifested model directory.
 
-Splits (stratified by normal / borderline / deficient, seeded):
-  fit (CatBoost)  ·  early stopping  ·  calibration (Platt fit + threshold choice)  ·  test (the card)
-The test split is written into the model directory as ``holdout.csv`` and the card's metrics are computed
-from that file through the same loaded-model code path that serves requests, so anyone can reproduce them.
+1. Read the cohort (``data.read_cohort``): NHANES or a lab's labelled CSV, each row through the contract.
+2. Leave one group out (NHANES: one survey cycle) for each candidate family and the single-marker
+   baselines, on the same folds (``validation``).
+3. Ship the family with the higher pooled out-of-sample AUROC for B12 < 200 pg/mL; refit it on every row
+   (CatBoost with the median number of trees early stopping chose in the folds).
+4. Calibrate each stage by Platt scaling of the out-of-sample margins (cross-fitted calibration), so the
+   shipped probabilities are calibrated at the training population's prevalence.
+5. Choose the risk-class thresholds from the decision curve of those calibrated out-of-sample
+   probabilities, and measure each class's sensitivity, specificity, predictive values, share flagged and
+   likelihood ratio with bootstrap intervals.
+6. Write the artefacts, the card generated from this run, its plots and the manifest; reload the directory
+   and check it reproduces the refitted model's predictions.
+
+The directory holds no row of the data: only models, aggregate figures, plots and hashes.
 """
 
 from __future__ import annotations
@@ -14,12 +24,11 @@ import math
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from catboost import CatBoostClassifier, Pool
 from tqdm import tqdm
 
 from inference import domain
@@ -28,148 +37,66 @@ from inference.model import (
     CARD_JSON,
     CARD_MARKDOWN,
     FEATURES,
-    HOLDOUT,
-    STAGE1_MODEL,
-    STAGE2_MODEL,
+    STAGES,
     THRESHOLDS,
     TRAINING,
     B12Model,
+    CatBoostStage,
     ModelIdentity,
     PlattCalibration,
-    _load_catboost,
+    ScreenPolicy,
     sigmoid,
+    stage_file,
     write_manifest,
 )
 from inference.training import card as card_module
+from inference.training import validation
 from inference.training.data import (
     ABNORMAL_BELOW,
-    B12_UNITS,
     DEFICIENT_BELOW,
-    read_labelled_csv,
-    write_labelled_csv,
+    MMA_RAISED_ABOVE,
+    Cohort,
+    read_cohort,
 )
-from inference.training.metrics import evaluate
+from inference.training.metrics import decision_curve, outcome_report
+from inference.training.validation import FAMILIES, SINGLE_MARKERS, FitSettings, TrainingError
 from shared.events.screening import FEATURE_ORDER, UNITS
-
-MIN_STAGE_ROWS = 100
-
-
-class TrainingError(Exception):
-    """The data cannot produce a model (too few rows, a class missing, no signal at all)."""
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    version: str = "b12-cbc-v1"
-    seed: int = 20240617
-    iterations: int = 1500
-    learning_rate: float = 0.04
-    depth: int = 4
-    l2_leaf_reg: float = 10.0
-    early_stopping_rounds: int = 150
-    thread_count: int = 1
-    test_fraction: float = 0.2
-    calibration_fraction: float = 0.2
-    early_stopping_fraction: float = 0.15  # of what is left for fitting
-    target_sensitivity: float = 0.90  # P(class ≥ 2 | deficient) on the calibration split
-    high_specificity: float = 0.95  # P(class < 3 | not deficient) on the calibration split
+    version: str = "b12-cbc-v2"
+    fit: FitSettings = field(default_factory=FitSettings)
+    families: tuple[str, ...] = FAMILIES
+    #: resamples of the shipped model's pooled intervals; comparisons and subgroups use ``resamples_other``
     bootstrap_resamples: int = 1000
+    resamples_other: int = 200
+    #: the smallest chance of deficiency worth a B12 test, and the most adults class 3 may flag
+    #: (``validation.choose_thresholds``; docs/model.md, "The operating point")
+    lowest_test_threshold: float = 0.02
+    high_flagged_at_most: float = 0.02
     plots: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.test_fraction < 1 or not 0 < self.calibration_fraction < 1:
-            raise ValueError("split fractions must be in (0, 1)")
-        if self.test_fraction + self.calibration_fraction >= 0.9:
-            raise ValueError("test + calibration fractions leave too little to train on")
-        if not 0 < self.target_sensitivity < 1 or not 0 < self.high_specificity < 1:
-            raise ValueError("target sensitivity and specificity must be in (0, 1)")
+        unknown = set(self.families) - set(FAMILIES)
+        if not self.families or unknown:
+            raise ValueError(f"families must be among {', '.join(FAMILIES)}")
+        if not 0 < self.high_flagged_at_most < 1 or not 0 < self.lowest_test_threshold < 0.2:
+            raise ValueError("high_flagged_at_most must be in (0, 1) and lowest_test_threshold in (0, 0.2)")
 
 
 @dataclass
 class TrainingResult:
     directory: Path
     identity: ModelIdentity
-    metrics: dict[str, Any]
+    card: dict[str, Any]
     seconds: float
-
-
-# -- splitting -------------------------------------------------------------------------------------------
-
-
-def split_indices(b12_pg_ml: np.ndarray, config: TrainingConfig) -> dict[str, np.ndarray]:
-    """Stratified, seeded split into fit / early_stopping / calibration / test row indices (each sorted)."""
-    rng = np.random.default_rng(config.seed)
-    category = (b12_pg_ml < ABNORMAL_BELOW).astype(int) + (b12_pg_ml < DEFICIENT_BELOW)
-    parts: dict[str, list[np.ndarray]] = {"fit": [], "early_stopping": [], "calibration": [], "test": []}
-    for c in (0, 1, 2):
-        idx = rng.permutation(np.flatnonzero(category == c))
-        n_test = round(len(idx) * config.test_fraction)
-        n_cal = round(len(idx) * config.calibration_fraction)
-        n_es = round((len(idx) - n_test - n_cal) * config.early_stopping_fraction)
-        parts["test"].append(idx[:n_test])
-        parts["calibration"].append(idx[n_test : n_test + n_cal])
-        parts["early_stopping"].append(idx[n_test + n_cal : n_test + n_cal + n_es])
-        parts["fit"].append(idx[n_test + n_cal + n_es :])
-    return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
-
-
-# -- fitting ---------------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """CatBoost callback that advances a tqdm bar per boosting iteration."""
-
-    def __init__(self, bar: tqdm) -> None:
-        self.bar = bar
-
-    def after_iteration(self, info: Any) -> bool:
-        self.bar.update(1)
-        return True
-
-
-def fit_stage(
-    x: np.ndarray,
-    y: np.ndarray,
-    x_es: np.ndarray,
-    y_es: np.ndarray,
-    config: TrainingConfig,
-    name: str,
-    progress: bool,
-) -> CatBoostClassifier:
-    for part, labels in (("fit", y), ("early-stopping", y_es)):
-        if len(labels) < MIN_STAGE_ROWS or labels.all() or not labels.any():
-            raise TrainingError(
-                f"{name}: the {part} rows ({len(labels)}) need both classes and at least "
-                f"{MIN_STAGE_ROWS} rows; provide more labelled data"
-            )
-    model = CatBoostClassifier(
-        loss_function="Logloss",
-        iterations=config.iterations,
-        learning_rate=config.learning_rate,
-        depth=config.depth,
-        l2_leaf_reg=config.l2_leaf_reg,
-        boosting_type="Plain",
-        random_seed=config.seed,
-        thread_count=config.thread_count,
-        od_type="Iter",
-        od_wait=config.early_stopping_rounds,
-        use_best_model=True,
-        allow_writing_files=False,
-        verbose=False,
-    )
-    with tqdm(total=config.iterations, desc=name, disable=not progress, leave=False) as bar:
-        model.fit(
-            Pool(x, y.astype(int), feature_names=list(FEATURE_ORDER)),
-            eval_set=Pool(x_es, y_es.astype(int), feature_names=list(FEATURE_ORDER)),
-            callbacks=[_Progress(bar)],
-        )
-    return model
 
 
 def fit_platt(margin: np.ndarray, y: np.ndarray, iterations: int = 100) -> tuple[PlattCalibration, bool]:
     """Maximum-likelihood ``σ(a·margin + b)`` by Newton's method; falls back to the base rate without signal.
 
-    Returns the calibration and whether it is degenerate (no positive association on held-out data).
+    Returns the calibration and whether it is degenerate (no positive association out of sample).
     """
     m = np.asarray(margin, dtype=np.float64)
     t = np.asarray(y, dtype=np.float64)
@@ -190,72 +117,28 @@ def fit_platt(margin: np.ndarray, y: np.ndarray, iterations: int = 100) -> tuple
     return PlattCalibration(slope=float(w[0]), intercept=float(w[1])), False
 
 
-def choose_thresholds(
-    p_deficient: np.ndarray, deficient: np.ndarray, config: TrainingConfig
-) -> tuple[domain.RiskThresholds, dict[str, Any]]:
-    """The operating point, on the calibration split.
-
-    intermediate: the largest P(deficient) cut-off that still flags ≥ ``target_sensitivity`` of the deficient
-    (capped at 0.33 so a deficient label is never low risk); high: the smallest cut-off that leaves
-    ≥ ``high_specificity`` of the non-deficient below it (floored at 0.5 so high risk is a deficient label).
-    Both are rounded outward to 4 decimals (down for intermediate, up for high).
-    """
-    p = np.asarray(p_deficient, dtype=np.float64)
-    positives = np.sort(p[deficient])
-    negatives = np.sort(p[~deficient])
-    if len(positives) == 0 or len(negatives) == 0:
-        raise TrainingError("the calibration split needs deficient and non-deficient rows to set thresholds")
-    k = math.floor((1.0 - config.target_sensitivity) * len(positives))
-    raw_intermediate = float(positives[k])
-    intermediate = math.floor(raw_intermediate * 1e4) / 1e4
-    capped = intermediate > domain.MAX_INTERMEDIATE_THRESHOLD
-    intermediate = max(min(intermediate, domain.MAX_INTERMEDIATE_THRESHOLD), 1e-4)
-    j = min(math.ceil(config.high_specificity * len(negatives)) - 1, len(negatives) - 1)
-    raw_high = float(np.nextafter(negatives[j], np.inf))
-    high = math.ceil(raw_high * 1e4) / 1e4
-    floored = high < domain.MIN_HIGH_THRESHOLD
-    high = min(max(high, domain.MIN_HIGH_THRESHOLD, intermediate), 1.0)
-    thresholds = domain.RiskThresholds(intermediate=intermediate, high=high)
-    sensitivity = float(np.mean(positives >= intermediate))
-    specificity = float(np.mean(negatives < high))
-    return thresholds, {
-        "selected_on": f"calibration split ({len(p)} rows)",
-        "intermediate": {
-            "goal": f"sensitivity for deficient (B12 < {DEFICIENT_BELOW:g}) at risk class ≥ 2 "
-            f"≥ {config.target_sensitivity:.0%}",
-            "unconstrained_cutoff": raw_intermediate,
-            "capped_at_0_33": capped,
-            "calibration_sensitivity": sensitivity,
-        },
-        "high": {
-            "goal": f"specificity for deficient at risk class 3 ≥ {config.high_specificity:.0%}",
-            "unconstrained_cutoff": raw_high,
-            "floored_at_0_5": floored,
-            "calibration_specificity": specificity,
-        },
-    }
+def class_likelihood_ratios(deficient: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """P(class | deficient) / P(class | not deficient) per class; a class that no deficient (or no other)
+    adult fell into gets Haldane's +0.5 correction, so every ratio is positive and finite."""
+    y = np.asarray(deficient, dtype=bool)
+    ratios = {}
+    for k in (1, 2, 3):
+        pos, neg = int(((classes == k) & y).sum()), int(((classes == k) & ~y).sum())
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        if min(pos, neg) == 0:
+            ratios[str(k)] = ((pos + 0.5) / (n_pos + 1)) / ((neg + 0.5) / (n_neg + 1))
+        else:
+            ratios[str(k)] = (pos / n_pos) / (neg / n_neg)
+    return ratios
 
 
-def _make_reproducible(model: CatBoostClassifier, key: str) -> None:
+def _make_reproducible(stage: CatBoostStage, key: str) -> None:
     """Drop the wall-clock finish time and derive the model GUID from the inputs, so a seed gives same bytes."""
-    metadata = model.get_metadata()
+    metadata = stage.model.get_metadata()
     if "train_finish_time" in metadata:
         del metadata["train_finish_time"]
     digest = hashlib.sha256(key.encode()).hexdigest()
     metadata["model_guid"] = "-".join(digest[i : i + 8] for i in range(0, 32, 8))
-
-
-def cohort_sidecar(csv_path: Path, sha256: str) -> dict[str, Any] | None:
-    """How a synthetic CSV was generated (``<csv>.json`` from ``generate-cohort``), if it matches the file."""
-    sidecar = Path(str(csv_path) + ".json")
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("csv_sha256") == sha256 else None
-
-
-# -- the pipeline ----------------------------------------------------------------------------------------
 
 
 def library_versions() -> dict[str, str]:
@@ -296,192 +179,189 @@ def _prepare_directory(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def train(
-    csv_path: Path,
-    out: Path,
-    config: TrainingConfig = TrainingConfig(),
-    *,
-    force: bool = False,
-    progress: bool = True,
-    default_b12_unit: str | None = None,
-) -> TrainingResult:
-    """Train both stages from a labelled CSV and write the model directory ``out``."""
+def describe_data(cohort: Cohort) -> str:
+    """One line on what the model learnt from, carried by every assessment (``ModelIdentity.data_source``)."""
+    groups = sorted(set(cohort.group))
+    if cohort.source == "nhanes":
+        return (f"NHANES {groups[0][:4]}–{groups[-1][-4:]} ({len(groups)} survey cycles, {len(cohort)} US adults"
+                f"; {cohort.file} sha256 {cohort.sha256[:12]})")
+    return f"{cohort.file} ({len(cohort)} adults, sha256 {cohort.sha256[:12]}; {len(groups)} validation groups)"
+
+
+def _nan_free(value: Any) -> Any:
+    """JSON has no NaN: undefined figures (e.g. an AUROC without events) are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_free(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_free(v) for v in value]
+    return value
+
+
+def train(data_path: Path, out: Path, config: TrainingConfig = TrainingConfig(), *, force: bool = False,
+          progress: bool = True, default_b12_unit: str | None = None) -> TrainingResult:
+    """Validate, train and write the model directory ``out`` from the labelled file ``data_path``."""
     started = time.perf_counter()
+    settings = config.fit
     steps = tqdm(total=6, desc="training", disable=not progress, unit="step")
 
     steps.set_postfix_str("reading data")
-    data = read_labelled_csv(csv_path, default_b12_unit=default_b12_unit)
-    if len(data.b12_pg_ml) == 0:
-        raise TrainingError(f"{csv_path} has no valid labelled rows ({len(data.excluded)} excluded)")
-    splits = split_indices(data.b12_pg_ml, config)
-    x, b12 = data.features, data.b12_pg_ml
-    abnormal, deficient = data.abnormal, data.deficient
+    cohort = read_cohort(data_path, default_b12_unit=default_b12_unit, seed=settings.seed)
+    if len(cohort) == 0:
+        raise TrainingError(f"{data_path} has no usable rows ({sum(cohort.excluded.values())} excluded)")
+    if len(set(cohort.group)) < 2:
+        raise TrainingError("validation needs at least two groups (cycles, sites or folds)")
     steps.update(1)
 
-    steps.set_postfix_str("stage 1: B12 < 300")
-    fit, es = splits["fit"], splits["early_stopping"]
-    stage1 = fit_stage(x[fit], abnormal[fit], x[es], abnormal[es], config, "stage 1", progress)
+    steps.set_postfix_str("leave one group out")
+    oos = {family: validation.leave_one_group_out(cohort, family, settings, progress) for family in config.families}
+    candidates = {family: validation.outcomes(cohort, *o.probabilities(), resamples=config.resamples_other,
+                                              seed=settings.seed) for family, o in oos.items()}
+    baselines = {marker: outcome_report(cohort.deficient,
+                                        validation.single_marker_out_of_sample(cohort, marker, settings),
+                                        resamples=config.resamples_other, seed=settings.seed)
+                 for marker in SINGLE_MARKERS}
+    shipped = max(config.families, key=lambda f: candidates[f]["deficient"].get("auroc", {}).get("estimate", 0.0))
     steps.update(1)
 
-    steps.set_postfix_str("stage 2: B12 < 200 | < 300")
-    fit2, es2 = fit[abnormal[fit]], es[abnormal[es]]
-    stage2 = fit_stage(x[fit2], deficient[fit2], x[es2], deficient[es2], config, "stage 2", progress)
+    steps.set_postfix_str(f"refitting {shipped} on every row")
+    trees = None
+    if shipped == "catboost":
+        trees = {stage: int(np.median([fold[stage] for fold in oos[shipped].iterations]))
+                 for stage in ("stage1", "stage2")}
+    final = validation.fit_two_stage(shipped, cohort.features, cohort.abnormal, cohort.deficient, settings,
+                                     iterations=trees)
     steps.update(1)
 
-    steps.set_postfix_str("calibrating")
-    cal = splits["calibration"]
-    cal_abn = cal[abnormal[cal]]
-    margin1 = stage1.predict(x[cal], prediction_type="RawFormulaVal", thread_count=config.thread_count)
-    margin2 = stage2.predict(x[cal_abn], prediction_type="RawFormulaVal", thread_count=config.thread_count)
-    calibration1, degenerate1 = fit_platt(margin1, abnormal[cal])
-    calibration2, degenerate2 = fit_platt(margin2, deficient[cal_abn])
-    p1_cal = calibration1(margin1)
-    p2_cal = calibration2(
-        stage2.predict(x[cal], prediction_type="RawFormulaVal", thread_count=config.thread_count)
-    )
-    thresholds, threshold_notes = choose_thresholds(p1_cal * p2_cal, deficient[cal], config)
+    steps.set_postfix_str("calibrating and choosing thresholds")
+    o = oos[shipped]
+    abnormal = cohort.abnormal
+    calibration1, degenerate1 = fit_platt(o.margin1, abnormal)
+    calibration2, degenerate2 = fit_platt(o.margin2[abnormal], cohort.deficient[abnormal])
+    p1_oos, p2_oos = o.probabilities()
+    p_deficient_calibrated = calibration1(o.margin1) * calibration2(o.margin2)
+    decision = decision_curve(cohort.deficient, p_deficient_calibrated, validation.CHOICE_GRID)
+    thresholds, threshold_notes = validation.choose_thresholds(decision, config.lowest_test_threshold,
+                                                               config.high_flagged_at_most)
+    classes_oos = domain.risk_classes(p_deficient_calibrated, thresholds)
+    reference = domain.Prevalence(deficient=float(cohort.deficient.mean()), abnormal=float(abnormal.mean()))
+    ratios = class_likelihood_ratios(cohort.deficient, classes_oos)
+    steps.update(1)
+
+    steps.set_postfix_str("measuring the shipped model")
+    report = {
+        "validation": f"leave one {cohort.group_kind} out ({len(set(cohort.group))} groups)",
+        "pooled": validation.outcomes(cohort, p1_oos, p2_oos, resamples=config.bootstrap_resamples,
+                                      seed=settings.seed, progress=progress),
+        "per_group": validation.per_group(cohort, p1_oos * p2_oos, resamples=config.resamples_other,
+                                          seed=settings.seed),
+        "subgroups": validation.subgroup_table(cohort, p1_oos * p2_oos, resamples=config.resamples_other,
+                                               seed=settings.seed),
+        "candidates": {family: {key: {k: r.get(k) for k in ("auroc", "auprc", "calibration_slope",
+                                                              "calibration_intercept", "brier_skill")}
+                                      for key, r in reports.items()}
+                       for family, reports in candidates.items()},
+        "baselines": {marker: {k: r.get(k) for k in ("auroc", "auprc", "calibration_slope", "brier_skill")}
+                      for marker, r in baselines.items()},
+        "calibrated_out_of_sample": outcome_report(cohort.deficient, p_deficient_calibrated, resamples=0, seed=0),
+        "classes": validation.operating_characteristics(cohort, p_deficient_calibrated, thresholds,
+                                                        resamples=config.bootstrap_resamples, seed=settings.seed),
+    }
     steps.update(1)
 
     steps.set_postfix_str("writing artifacts")
     _prepare_directory(out, force)
-    for stage, name in ((stage1, STAGE1_MODEL), (stage2, STAGE2_MODEL)):
-        _make_reproducible(stage, f"{config.version}/{name}/{config.seed}/{data.sha256}")
-        stage.save_model(str(out / name), format="cbm")
-    _dump(
-        out / CALIBRATION,
-        {
-            "stage1": calibration1.to_json()
-            | {
-                "target": f"B12 < {ABNORMAL_BELOW:g} pg/mL",
-                "fitted_on_rows": len(cal),
-                "degenerate": degenerate1,
+    stages_doc = {}
+    for key, stage in (("stage1", final.stage1), ("stage2", final.stage2)):
+        if isinstance(stage, CatBoostStage):
+            _make_reproducible(stage, f"{config.version}/{key}/{settings.seed}/{cohort.sha256}")
+        stage.write(out / stage_file(key, stage))
+        stages_doc[key] = {"family": stage.family, "file": stage_file(key, stage)}
+    stages_doc["stage1"]["target"] = f"B12 < {ABNORMAL_BELOW:g} pg/mL"
+    stages_doc["stage2"]["target"] = f"B12 < {DEFICIENT_BELOW:g} among B12 < {ABNORMAL_BELOW:g} pg/mL"
+    _dump(out / STAGES, stages_doc)
+    calibration_doc = {
+        "stage1": calibration1.to_json() | {"fitted_on_rows": len(cohort), "degenerate": degenerate1},
+        "stage2": calibration2.to_json() | {"fitted_on_rows": int(abnormal.sum()), "degenerate": degenerate2},
+        "fitted_on": "out-of-sample margins (each row scored by the model fitted without its group)",
+        "formula": "p = 1 / (1 + exp(-(slope * raw_log_odds + intercept + prior_shift)))",
+    }
+    _dump(out / CALIBRATION, calibration_doc)
+    _dump(out / THRESHOLDS, {
+        "intermediate": thresholds.intermediate,
+        "high": thresholds.high,
+        "score": "calibrated P(deficient) = P(abnormal) * P(deficient | abnormal)",
+        "rule": "class 3 if P(deficient) >= high; class 2 if >= intermediate; else class 1; "
+                "a B12 test is advised at class >= 2",
+        "label_rule": "the most probable of normal / borderline / deficient (ties to the more severe)",
+        "reference_prevalence": asdict(reference),
+        "class_likelihood_ratios": ratios,
+        "operating_point": threshold_notes,
+    })
+    _dump(out / FEATURES, {
+        "feature_order": list(FEATURE_ORDER),
+        "units": {name: UNITS[name][0] for name in FEATURE_ORDER if name in UNITS} | {"age": "years"},
+        "sex_male": "1.0 for male, 0.0 for female",
+        "source": "shared.events.screening.CompleteBloodCount.as_features()",
+    })
+    training_doc = {
+        "version": config.version,
+        "config": {"fit": asdict(settings), "families": list(config.families),
+                   "bootstrap_resamples": config.bootstrap_resamples, "resamples_other": config.resamples_other,
+                   "lowest_test_threshold": config.lowest_test_threshold,
+                   "high_flagged_at_most": config.high_flagged_at_most},
+        "libraries": library_versions(),
+        "data": {
+            "description": describe_data(cohort),
+            "source": cohort.source,
+            "file": cohort.file,
+            "sha256": cohort.sha256,
+            "rows_read": cohort.rows_read,
+            "rows_excluded": sum(cohort.excluded.values()),
+            "excluded_by_reason": dict(sorted(cohort.excluded.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "rows_used": len(cohort),
+            "groups": {g: int((cohort.group == g).sum()) for g in sorted(set(cohort.group))},
+            "group_kind": cohort.group_kind,
+            "outcomes": {
+                "deficient": f"serum B12 < {DEFICIENT_BELOW:g} pg/mL"
+                             + (" (Roche-equivalent scale)" if cohort.source == "nhanes" else ""),
+                "abnormal": f"serum B12 < {ABNORMAL_BELOW:g} pg/mL",
+                "metabolically_confirmed": f"B12 < {ABNORMAL_BELOW:g} pg/mL and MMA > {MMA_RAISED_ABOVE} µmol/L "
+                                           "(rows with MMA measured)",
             },
-            "stage2": calibration2.to_json()
-            | {
-                "target": f"B12 < {DEFICIENT_BELOW:g} | < {ABNORMAL_BELOW:g} pg/mL",
-                "fitted_on_rows": len(cal_abn),
-                "degenerate": degenerate2,
-            },
-            "formula": "p = 1 / (1 + exp(-(slope * raw_catboost_log_odds + intercept)))",
+            "deficient_prevalence": reference.deficient,
+            "abnormal_prevalence": reference.abnormal,
+            "mma_measured_rows": int(cohort.mma_measured.sum()),
+            "metabolically_confirmed_rows": int(cohort.metabolically_confirmed[cohort.mma_measured].sum()),
         },
-    )
-    _dump(
-        out / THRESHOLDS,
-        {
-            "intermediate": thresholds.intermediate,
-            "high": thresholds.high,
-            "score": "calibrated P(deficient) = P(abnormal) * P(deficient | abnormal)",
-            "rule": "class 3 if P(deficient) >= high; class 2 if >= intermediate; else class 1",
-            "label_rule": "the most probable of normal / borderline / deficient (ties to the more severe)",
-            "operating_point": threshold_notes,
-        },
-    )
-    _dump(
-        out / FEATURES,
-        {
-            "feature_order": list(FEATURE_ORDER),
-            "units": {name: UNITS[name][0] for name in FEATURE_ORDER if name in UNITS} | {"age": "years"},
-            "sex_male": "1.0 for male, 0.0 for female",
-            "source": "shared.events.screening.CompleteBloodCount.as_features()",
-        },
-    )
-    test = data.subset(np.isin(np.arange(len(b12)), splits["test"]))
-    write_labelled_csv(test, out / HOLDOUT)
-    _dump(
-        out / TRAINING,
-        {
-            "version": config.version,
-            "config": {k: v for k, v in asdict(config).items() if k not in ("version", "plots")},
-            "libraries": library_versions(),
-            "data": {
-                "file": Path(csv_path).name,
-                "sha256": data.sha256,
-                "rows_read": data.rows_read,
-                "rows_excluded": len(data.excluded),
-                "rows_used": len(b12),
-                "excluded_examples": [f"line {line}: {reason}" for line, reason in data.excluded[:5]],
-                "b12_units_accepted": {unit: f"× {factor:.6g} → pg/mL" for unit, factor in B12_UNITS.items()},
-                "deficient_prevalence": float(deficient.mean()),
-                "abnormal_prevalence": float(abnormal.mean()),
-                "cohort": cohort_sidecar(csv_path, data.sha256),
-            },
-            "splits": {name: len(idx) for name, idx in splits.items()},
-            "stages": {
-                "stage1": {
-                    "target": f"B12 < {ABNORMAL_BELOW:g} pg/mL",
-                    "file": STAGE1_MODEL,
-                    "best_iteration": int(stage1.get_best_iteration()),
-                    "trees": int(stage1.tree_count_),
-                },
-                "stage2": {
-                    "target": f"B12 < {DEFICIENT_BELOW:g} pg/mL among B12 < {ABNORMAL_BELOW:g}",
-                    "file": STAGE2_MODEL,
-                    "trained_on": "abnormal rows only",
-                    "best_iteration": int(stage2.get_best_iteration()),
-                    "trees": int(stage2.tree_count_),
-                },
-            },
-        },
-    )
-    steps.update(1)
-
-    steps.set_postfix_str("evaluating held-out split")
-    # Score the held-out file as written, through the serving code path, so the card is reproducible.
-    scorer = B12Model(
-        version=config.version,
-        identity=ModelIdentity(version=config.version, artifacts_sha256="0" * 64),
-        stage1=_load_catboost((out / STAGE1_MODEL).read_bytes(), STAGE1_MODEL),
-        stage2=_load_catboost((out / STAGE2_MODEL).read_bytes(), STAGE2_MODEL),
-        calibration1=calibration1,
-        calibration2=calibration2,
-        thresholds=thresholds,
-        thread_count=config.thread_count,
-    )
-    holdout = read_labelled_csv(out / HOLDOUT)
-    p1_test, p2_test = scorer.predict_proba(holdout.features)
-    metrics = evaluate(
-        p1_test,
-        p2_test,
-        holdout.b12_pg_ml,
-        thresholds,
-        resamples=config.bootstrap_resamples,
-        seed=config.seed,
-        progress=progress,
-    )
-    training_info = json.loads((out / TRAINING).read_text(encoding="utf-8"))
-    card = card_module.build_card(
-        config,
-        metrics,
-        training_info,
-        thresholds,
-        threshold_notes,
-        json.loads((out / CALIBRATION).read_text(encoding="utf-8")),
-    )
+        "shipped_family": shipped,
+        "final_fit": {"rows": len(cohort), "trees": trees,
+                      "fold_trees": [fold for fold in oos[shipped].iterations] if shipped == "catboost" else None},
+    }
+    _dump(out / TRAINING, _nan_free(training_doc))
+    card = _nan_free(card_module.build_card(config, report, training_doc, thresholds, threshold_notes,
+                                            calibration_doc, ratios))
     _dump(out / CARD_JSON, card)
     card = json.loads((out / CARD_JSON).read_text(encoding="utf-8"))  # render exactly what was written
     if config.plots:
-        card_module.write_plots(out, p1_test, p2_test, holdout.b12_pg_ml, metrics)
+        card_module.write_plots(out, card, cohort.deficient, p1_oos * p2_oos, p_deficient_calibrated)
     (out / CARD_MARKDOWN).write_text(card_module.render_markdown(card, plots=config.plots), encoding="utf-8")
     manifest = write_manifest(out, config.version)
     steps.update(1)
     steps.close()
 
-    loaded = B12Model.load(out, thread_count=config.thread_count)  # the directory must load as written
-    check1, check2 = loaded.predict_proba(holdout.features)
-    if not (np.array_equal(check1, p1_test) and np.array_equal(check2, p2_test)):
-        raise TrainingError("the written model does not reproduce the held-out predictions")
+    loaded = B12Model.load(out, thread_count=settings.thread_count)  # the directory must load as written
+    expected = B12Model(version=config.version, identity=loaded.identity, stage1=final.stage1,
+                        stage2=final.stage2, calibration1=calibration1, calibration2=calibration2,
+                        policy=ScreenPolicy(thresholds, reference, {int(k): v for k, v in ratios.items()},
+                                            describe_data(cohort)), thread_count=settings.thread_count)
+    sample = cohort.features[:: max(1, len(cohort) // 500)]
+    if not all(np.array_equal(a, b) for a, b in zip(loaded.predict_proba(sample), expected.predict_proba(sample),
+                                                     strict=True)):
+        raise TrainingError("the written model does not reproduce the refitted model's predictions")
     assert loaded.identity.artifacts_sha256 == manifest["artifacts_sha256"]
-    return TrainingResult(
-        directory=out, identity=loaded.identity, metrics=metrics, seconds=time.perf_counter() - started
-    )
+    return TrainingResult(directory=out, identity=loaded.identity, card=card, seconds=time.perf_counter() - started)
 
 
-__all__ = [
-    "TrainingConfig",
-    "TrainingError",
-    "TrainingResult",
-    "choose_thresholds",
-    "fit_platt",
-    "split_indices",
-    "train",
-]
+__all__ = ["TrainingConfig", "TrainingError", "TrainingResult", "class_likelihood_ratios", "fit_platt", "train"]
