@@ -282,7 +282,7 @@ def render_markdown(card: dict[str, Any], *, plots: bool = True) -> str:
     for entry in card["aims"].values():
         measured = entry["measured"]
         if isinstance(measured, dict):
-            text = ", ".join(f"{k}: {_num(v) if isinstance(v, float) else v}" for k, v in measured.items())
+            text = ", ".join(f"{k}: {_num(v, 5) if isinstance(v, float) else v}" for k, v in measured.items())
         else:
             text = _num(measured)
         lines.append(f"| {entry['aim']} | {text} | {'yes' if entry['met'] else '**no**'} |")
