@@ -1,6 +1,6 @@
 """Benchmark: classify through the gateway with N clients for T seconds, then an in-process baseline.
 
-The baseline does what one request needs without the architecture (validation, both CatBoost stages, one
+The baseline does what one request needs without the architecture (validation, both model stages, one
 insert) in a single process with the same concurrency, so the two throughputs can be compared directly.
 Figures are measured here and printed; nothing is asserted.
 """
@@ -112,7 +112,7 @@ async def through_gateway(gateway_url: str, clients: int, seconds: float) -> Run
                 await response.read()
                 return str(response.status)
 
-        await drive(2.0, clients, one)  # warm-up: connections, consumer fetch loops, CatBoost caches
+        await drive(2.0, clients, one)  # warm-up: connections, consumer fetch loops, model caches
         latencies, outcomes = await drive(seconds, clients, one)
     return Run(f"gateway → Kafka → inference → screening → gateway ({clients} clients)", seconds, latencies, outcomes)
 
@@ -150,7 +150,7 @@ async def in_process_baseline(database_url: str, clients: int, seconds: float) -
         async with engine.begin() as conn:
             await conn.execute(text("DROP SCHEMA bench CASCADE"))
         await engine.dispose()
-    return Run(f"in-process baseline: validate + CatBoost + insert ({clients} clients)", seconds, latencies, outcomes)
+    return Run(f"in-process baseline: validate + model + insert ({clients} clients)", seconds, latencies, outcomes)
 
 
 def print_runs(runs: list[Run]) -> None:

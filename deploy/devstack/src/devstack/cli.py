@@ -66,6 +66,21 @@ def bench(clients: int = typer.Option(50, help="Concurrent clients"),
     benchmark.main(clients=clients, seconds=seconds, gateway_url=gateway_url or None, state_dir=state_dir.resolve())
 
 
+@app.command()
+def soak(rate: float = typer.Option(30.0, min=0.1, max=500.0, help="Classify requests per second (open loop)"),
+         minutes: float = typer.Option(10.0, min=0.05, max=120.0, help="How long to keep the rate up"),
+         window: float = typer.Option(30.0, min=1.0, help="Seconds per reported window"),
+         gateway_url: str = typer.Option("", help="Soak a running platform instead of starting one"),
+         database_url: str = typer.Option("", envvar="DATABASE_URL", help="With --gateway-url: for the backlog"),
+         state_dir: Path = typer.Option(Path(".clinomic-soak"), help="State of the platform started here")) -> None:
+    """Classify at a fixed rate for a bounded time; print per-window answers, latency, each service's memory and
+    the intake backlog, then the drift and growth figures (aims: no errors, memory growth under 10 %)."""
+    from devstack import soak as soaking
+
+    soaking.main(rate=rate, seconds=minutes * 60, window=window, gateway_url=gateway_url or None,
+                 database_url=database_url or None, state_dir=state_dir.resolve())
+
+
 batch_app = typer.Typer(help="Bulk screening: make a batch file, upload one and follow it", no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
 URL = typer.Option("http://127.0.0.1:8000", "--url", help="The gateway")
