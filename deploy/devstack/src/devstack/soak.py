@@ -27,6 +27,7 @@ from shared.db import create_engine
 #: In flight at most this many rate-seconds of requests; beyond it a request is shed (counted, not sent).
 IN_FLIGHT_SECONDS = 5
 RSS_GROWTH_AIM = 0.10
+KEEPALIVE_SECONDS = 3.0
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -118,7 +119,9 @@ async def soak(gateway_url: str, database_url: str, *, rate: float, seconds: flo
     """Run the soak against a running platform; ``pids`` name the service processes whose memory is read."""
     engine = create_engine(database_url, application_name="clinomic-soak", pool_size=1)
     cap = max(1, int(rate * IN_FLIGHT_SECONDS))
-    connector = aiohttp.TCPConnector(limit=cap)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends, so a request is never sent on a
+    # connection the server is closing (a client-side race that would show as a disconnect, not a server error).
+    connector = aiohttp.TCPConnector(limit=cap, keepalive_timeout=KEEPALIVE_SECONDS)
     windows: list[Window] = []
     try:
         async with aiohttp.ClientSession(gateway_url, connector=connector) as http:
