@@ -90,3 +90,14 @@ async def test_the_usual_sex_codes_are_accepted_and_others_refused(gateway: http
     response = await gateway.post("/api/screening/classify", headers=clinic.headers["lab"], json={
         "patient": {"external_id": patient["external_id"]}, "cbc": HEALTHY_CBC | {"sex": "x"}})
     assert response.status_code == 422 and "sex" in response.text
+
+
+async def test_the_inference_workers_card_answers_only_a_caller_with_the_service_credential(
+    platform: Platform,
+) -> None:
+    url = platform.urls["inference"] + "/internal/model-card"
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.get(url)).status_code == 401
+        assert (await client.get(url, headers={"x-service-token": "not-the-token" * 3})).status_code == 401
+        answer = await client.get(url, headers={"x-service-token": platform.env["INTERNAL_SERVICE_TOKEN"]})
+    assert answer.status_code == 200 and answer.json()["family"] in ("logistic", "catboost")

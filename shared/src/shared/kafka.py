@@ -1,12 +1,15 @@
 """Kafka plumbing: one way to build a broker, declare topics, subscribe at-least-once and publish envelopes.
 
 Delivery is at-least-once everywhere (the dev broker has no idempotent producer): offsets are committed only
-after a handler succeeds, a failing handler's message is redelivered, and every consumer ignores duplicates.
+after a handler succeeds, a failing handler's message is redelivered, and every consumer ignores duplicates;
+a message that keeps failing is dead-lettered (``shared.deadletter``). The consumer timings below are chosen so
+that every consumer group is back within seconds of a broker restart (``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -20,11 +23,22 @@ from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
 from pydantic import BaseModel
 
+from shared.deadletter import DEAD_LETTER_TOPIC, guarded
 from shared.events.envelope import Envelope
 from shared.events.topics import Topic
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+
+#: Consumer group timing (``docs/reliability.md``). A member that stopped answering is removed after
+#: SESSION_TIMEOUT_MS (6 s: the smallest Apache Kafka accepts by default, ``group.min.session.timeout.ms``);
+#: the bundled broker completes a join after half of it, so rejoining costs 3 s instead of 5. A heartbeat every
+#: second notices a lost group (a restarted broker answers "unknown member") within a second.
+SESSION_TIMEOUT_MS = 6_000
+HEARTBEAT_INTERVAL_MS = 1_000
+#: How long an assignment may wait for the log ends and positions it checks (see :class:`ResumeWithinLog`).
+ASSIGNMENT_CHECK_SECONDS = 3.0
+
 
 def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
     """A broker whose publishes wait for the full acknowledgement of the cluster (``acks=all``)."""
@@ -39,8 +53,9 @@ def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
         # together on a loaded broker: 138 events/s with 16 KB batches, 3,800 with 1 MB).
         max_batch_size=1_048_576,
         request_timeout_ms=10_000,
-        # Pattern subscriptions (the audit ledger) notice new or re-created topics at this pace.
-        metadata_max_age_ms=5_000,
+        # Pattern subscriptions (the audit ledger) notice new or re-created topics at this pace; after a broker
+        # restart each noticed change costs the ledger a rejoin, so waiting longer here delays its recovery.
+        metadata_max_age_ms=1_000,
         graceful_timeout=10.0,
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
@@ -53,15 +68,22 @@ async def raw_body(message: StreamMessage[Any]) -> Any:
 
 
 class ResumeWithinLog(ConsumerRebalanceListener):  # type: ignore[misc]
-    """On every assignment, reset a position that lies beyond the end of its partition's log.
+    """On every assignment, log it and reset a position that lies beyond the end of its partition's log.
 
     Kafka answers a fetch beyond the end with offset-out-of-range and the consumer resets as its
     ``auto_offset_reset`` says. A restarted in-memory broker (the bundled tansu) has a new, shorter log,
     answers such a fetch with nothing, and a consumer whose committed position predates the restart would
     wait until the new log grew past it; this listener applies the reset Kafka would have applied.
+
+    aiokafka runs this listener inside its group coordination task: while it waits, the consumer neither
+    heartbeats nor rejoins. So the check is bounded (:data:`ASSIGNMENT_CHECK_SECONDS`) and skips partitions of
+    topics the broker does not know (an assignment made from metadata that predates a broker restart names
+    topics that may never come back, and a position of such a partition is never found). The "assigned"
+    line is what ``devstack.recovery`` reads to time each group's recovery.
     """
 
-    def __init__(self, reset: str, then: ConsumerRebalanceListener | None = None) -> None:
+    def __init__(self, group: str, reset: str, then: ConsumerRebalanceListener | None = None) -> None:
+        self.group = group
         self.reset = reset
         self.then = then
         self.subscriber: Any = None  # bound by :func:`subscribe`; its ``consumer`` exists once started
@@ -71,36 +93,54 @@ class ResumeWithinLog(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.then.on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("consumer group %s assigned %s", self.group,
+                 json.dumps(sorted({f"{tp.topic}:{tp.partition}" for tp in assigned})))
         consumer = getattr(self.subscriber, "consumer", None)
         if consumer is not None and assigned:
             try:
-                ends = await consumer.end_offsets(list(assigned))
-                for partition in assigned:
-                    position = await consumer.position(partition)
-                    if position <= ends[partition]:
-                        continue
-                    log.warning("position %d of %s is beyond the end of its log (%d): reset to %s",
-                                position, partition, ends[partition], self.reset)
-                    if self.reset == "earliest":
-                        await consumer.seek_to_beginning(partition)
-                    else:
-                        consumer.seek(partition, ends[partition])
-            except Exception:  # the broker went away again: the next assignment checks once more
-                log.warning("could not compare positions with the log ends", exc_info=True)
+                await asyncio.wait_for(self._resume_within_log(consumer, assigned), ASSIGNMENT_CHECK_SECONDS)
+            except Exception:  # the broker went away again, or is slow: the next assignment checks once more
+                log.warning("consumer group %s could not compare positions with the log ends", self.group,
+                            exc_info=True)
         if self.then is not None:
             await self.then.on_partitions_assigned(assigned)
 
+    async def _resume_within_log(self, consumer: Any, assigned: Any) -> None:
+        known = [tp for tp in assigned if consumer.partitions_for_topic(tp.topic)]
+        if not known:
+            return
+        ends = await consumer.end_offsets(known)
+        for partition in known:
+            position = await consumer.position(partition)
+            if position <= ends[partition]:
+                continue
+            log.warning("position %d of %s is beyond the end of its log (%d): reset to %s",
+                        position, partition, ends[partition], self.reset)
+            if self.reset == "earliest":
+                await consumer.seek_to_beginning(partition)
+            else:
+                consumer.seek(partition, ends[partition])
+
 
 def subscribe(broker: KafkaBroker, *topics: str, **options: Any) -> Any:
-    """``broker.subscriber`` whose consumer never waits for a log to grow past a lost position.
+    """``broker.subscriber`` as a decorator, for the options of :func:`at_least_once` or
+    :func:`every_event_from_now` (a ``listener`` among them is still called after the check).
 
-    Use it with the options of :func:`at_least_once` or :func:`every_event_from_now` (a ``listener`` among
-    them is still called after the check).
+    Its consumer never waits for a log to grow past a lost position (:class:`ResumeWithinLog`), and an
+    at-least-once handler is wrapped by :func:`shared.deadletter.guarded`: a message it keeps failing on is
+    dead-lettered after bounded retries instead of blocking its partition.
     """
-    guard = ResumeWithinLog(options.get("auto_offset_reset", "latest"), then=options.pop("listener", None))
+    group = options["group_id"]
+    guard = ResumeWithinLog(group, options.get("auto_offset_reset", "latest"), then=options.pop("listener", None))
     subscriber = broker.subscriber(*topics, listener=guard, **options)
     guard.subscriber = subscriber
-    return subscriber
+    if options.get("ack_policy") is not AckPolicy.NACK_ON_ERROR:
+        return subscriber
+
+    def register(handler: Callable[..., Any]) -> Any:
+        return subscriber(guarded(broker, handler, group=group, batch=bool(options.get("batch"))))
+
+    return register
 
 
 def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms: int | None = None) -> dict[str, Any]:
@@ -115,6 +155,8 @@ def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms:
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms,
         "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
     }
 
 
@@ -131,16 +173,19 @@ def every_event_from_now(settings: CommonSettings, name: str) -> dict[str, Any]:
         "auto_offset_reset": "latest",
         "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "ack_policy": AckPolicy.MANUAL,
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
     }
 
 
 async def ensure_topics(bootstrap_servers: str, topics: list[str] | None = None, *, partitions: int) -> None:
-    """Create the platform's topics if they do not exist yet (idempotent; safe on every start)."""
+    """Create the platform's topics (by default every :class:`Topic` and the dead-letter topic) if they do not
+    exist yet (idempotent; safe on every start)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [t for t in (topics or [t.value for t in Topic]) if t not in existing]
+        wanted = [t for t in (topics or [*(t.value for t in Topic), DEAD_LETTER_TOPIC]) if t not in existing]
         if wanted:
             try:
                 await admin.create_topics(

@@ -2,14 +2,15 @@
 
 Besides the signature and claims, a verifier refuses tokens that the auth service has revoked since they
 were issued, without asking anyone per request: it keeps a :class:`RevocationSet` in memory, seeded from a
-snapshot the auth service serves at ``/internal/revocations`` (fetched at start and every minute after) and
-kept current by the ``UserDeactivated`` and ``SessionsRevoked`` events of ``clinomic.identity``
-(:func:`watch_revocations`). See ``docs/identity.md``.
+snapshot the auth service serves at ``/internal/revocations`` to callers presenting the service credential
+(fetched at start and every minute after) and kept current by the ``UserDeactivated`` and ``SessionsRevoked``
+events of ``clinomic.identity`` (:func:`watch_revocations`). See ``docs/identity.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -22,6 +23,8 @@ from urllib.parse import urljoin
 
 import httpx
 import jwt
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from faststream.kafka import KafkaBroker
@@ -79,6 +82,37 @@ class Principal:
     @property
     def restricted(self) -> bool:
         return self.scope is not None
+
+
+#: The header carrying the service credential on calls between services (``/internal/...`` routes).
+SERVICE_TOKEN_HEADER = "x-service-token"
+
+
+class ServiceCredential(BaseSettings):
+    """``INTERNAL_SERVICE_TOKEN``: the secret every service presents on, and demands for, internal routes.
+
+    Internal routes are refused without it whatever the network (a service's port reachable from a
+    neighbour, a mis-set firewall): the address a request comes from proves nothing.
+    """
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    internal_service_token: SecretStr | None = Field(None, description="Shared by the platform's services only")
+
+    def check_secrets(self) -> None:
+        from shared.settings import signing_key
+
+        signing_key(self.internal_service_token, "INTERNAL_SERVICE_TOKEN")
+
+    def headers(self) -> dict[str, str]:
+        token = self.internal_service_token
+        return {SERVICE_TOKEN_HEADER: token.get_secret_value()} if token else {}
+
+    def accepts(self, presented: str | None) -> bool:
+        token = self.internal_service_token
+        if token is None or not presented:
+            return False
+        return hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
 
 
 class RevocationSet:
@@ -147,6 +181,7 @@ class TokenVerifier:
         self._resync_interval_s = resync_interval_s
         self._synced_at: float | None = None  # None: no snapshot source in use (unit tests, tools)
         self._resync_task: asyncio.Task[None] | None = None
+        self._service_headers = ServiceCredential().headers()  # the snapshot is an internal route
 
     def load_jwks(self, jwks: dict[str, Any]) -> None:
         keys = {}
@@ -175,7 +210,7 @@ class TokenVerifier:
         if self._snapshot_source is not None:
             return await self._snapshot_source()
         async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(self._revocations_url)
+            response = await client.get(self._revocations_url, headers=self._service_headers)
             response.raise_for_status()
             return response.json()
 
@@ -270,7 +305,7 @@ def apply_revocation_event(revocations: RevocationSet, raw: bytes) -> bool:
         if kind == SESSIONS_REVOKED:
             revocations.revoke_sessions(str(uuid.UUID(str(s))) for s in payload.get("session_ids") or [])
             return True
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # never raise: no poison message
         log.error("unreadable identity event ignored by the revocation watcher")
     return False
 

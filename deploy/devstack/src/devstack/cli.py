@@ -146,3 +146,59 @@ def bench_batch(rows: int = typer.Option(100_000, min=1, help="Rows of the uploa
 
     batch.bench_main(rows=rows, patients=patients, gateway_url=gateway_url or None, state_dir=state_dir.resolve(),
                      timeout=timeout, echo=typer.echo)
+
+
+@app.command()
+def recovery(restarts: int = typer.Option(5, min=1, help="Broker restarts"),
+             outage: float = typer.Option(3.0, min=0.0, help="Seconds the broker stays down each time"),
+             timeout: float = typer.Option(120.0, help="Give up waiting for the groups after this many seconds"),
+             state_dir: Path = typer.Option(Path(".clinomic-recovery"), help="State of the platform started here")
+             ) -> None:
+    """Restart the bundled broker N times; print when each consumer group is back, then min/median/max."""
+    from devstack import recovery as measure
+
+    rounds = measure.restart_rounds(state_dir.resolve(), restarts=restarts, outage=outage, timeout=timeout,
+                                    echo=typer.echo)
+    typer.echo("\n" + measure.summary(rounds))
+
+
+dead_app = typer.Typer(help="Dead letters: messages a consumer group gave up on (docs/reliability.md)",
+                       no_args_is_help=True)
+app.add_typer(dead_app, name="deadletters")
+BOOTSTRAP = typer.Option("127.0.0.1:9092", "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="The broker")
+
+
+@dead_app.command("list")
+def deadletters_list(bootstrap: str = BOOTSTRAP,
+                     group: str = typer.Option("", help="Only the dead letters of this consumer group")) -> None:
+    """List the dead letters, oldest first: reference (partition:offset), when, group, origin, reason."""
+    import asyncio
+
+    from shared.deadletter import read_dead_letters
+
+    letters = [d for d in asyncio.run(read_dead_letters(bootstrap)) if not group or d.group == group]
+    for d in letters:
+        typer.echo(f"{d.ref:<8} {d.at[:19]:<19} {d.group:<28} {d.topic}[{d.source_partition}]@{d.source_offset} "
+                   f"after {d.attempts} attempts: {d.reason}")
+    typer.echo(f"{len(letters)} dead letter(s)")
+
+
+@dead_app.command("replay")
+def deadletters_replay(refs: list[str] = typer.Argument(None, help="References (partition:offset) to replay"),
+                       every: bool = typer.Option(False, "--all", help="Replay every dead letter (of --group)"),
+                       group: str = typer.Option("", help="Only the dead letters of this consumer group"),
+                       bootstrap: str = BOOTSTRAP) -> None:
+    """Publish dead letters to their original topics again, byte for byte (consumers ignore duplicates)."""
+    import asyncio
+
+    from shared.deadletter import read_dead_letters, replay
+
+    if not refs and not every:
+        raise typer.BadParameter("name dead letters (partition:offset) or pass --all")
+    letters = [d for d in asyncio.run(read_dead_letters(bootstrap))
+               if (every or d.ref in set(refs or ())) and (not group or d.group == group)]
+    missing = set(refs or ()) - {d.ref for d in letters}
+    if missing:
+        typer.echo(f"error: no such dead letter: {', '.join(sorted(missing))}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"replayed {asyncio.run(replay(bootstrap, letters))} dead letter(s)")

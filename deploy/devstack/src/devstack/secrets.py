@@ -33,6 +33,8 @@ def generate() -> dict[str, str]:
         "ANALYTICS_PSEUDONYM_KEY": secrets.token_urlsafe(48),
         # Fernet key that encrypts TOTP secrets at rest (auth service).
         "MFA_ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        # Presented by every service on, and demanded for, the internal routes (docs/security.md).
+        "INTERNAL_SERVICE_TOKEN": secrets.token_urlsafe(48),
     }
 
 

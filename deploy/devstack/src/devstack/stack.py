@@ -61,8 +61,9 @@ class Platform:
         port = self.urls[name].rsplit(":", 1)[1]
         log = open(self.logs[name], "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.processes[name] = subprocess.Popen(
+            # --no-proxy-headers: the gateway alone resolves client addresses (FORWARDED_ALLOW_IPS).
             [sys.executable, "-m", "uvicorn", "--factory", target, "--host", "127.0.0.1", "--port", port,
-             "--no-access-log", "--timeout-graceful-shutdown", "10"],
+             "--no-access-log", "--no-proxy-headers", "--timeout-graceful-shutdown", "10"],
             env=self.env | {"PORT": port}, stdout=log, stderr=subprocess.STDOUT,
         )
         wait_ready(name, self.urls[name], self.processes[name], self.logs[name], timeout)
@@ -99,6 +100,8 @@ def service_env(database_url: str, bootstrap: str, secret_env: dict[str, str], u
         "AUDIT_URL": urls["audit"],
         "INFERENCE_URL": urls["inference"],
         "DEBUG": os.environ.get("DEBUG", "true"),
+        # No trusted reverse proxy in front of a local platform (uvicorn reads the same variable).
+        "FORWARDED_ALLOW_IPS": os.environ.get("FORWARDED_ALLOW_IPS", ""),
         "PYTHONUNBUFFERED": "1",
         **(extra or {}),
     }

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
+from shared.text import Text
 from shared.tokens import Principal, Role
 from shared.web import require_roles
 
@@ -124,10 +125,10 @@ async def list_entries(
     since: Annotated[datetime | None, Query(description="occurred at or after (RFC 3339)")] = None,
     until: Annotated[datetime | None, Query(description="occurred before (RFC 3339)")] = None,
     actor: Annotated[
-        str | None, Query(max_length=128, description="a user id, or a service or role name")
+        Text | None, Query(max_length=128, description="a user id, or a service or role name")
     ] = None,
-    event_type: Annotated[str | None, Query(max_length=128)] = None,
-    entity: Annotated[str | None, Query(max_length=128, description="an id anywhere in the event")] = None,
+    event_type: Annotated[Text | None, Query(max_length=128)] = None,
+    entity: Annotated[Text | None, Query(max_length=128, description="an id anywhere in the event")] = None,
 ) -> EntryPage:
     """A page of the caller's chain, newest first unless ``order=asc``; filters combine with AND."""
     chain_id = chain_of(principal)

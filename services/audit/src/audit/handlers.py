@@ -6,11 +6,16 @@ ids the ledger already holds, read each chain's head (its last entry), seal the 
 other, extend each chain's Merkle tree, insert entries and the Merkle nodes they complete, commit. Two
 appenders (replicas, or a redelivery racing the original) serialise on the chain lock, so a chain never forks
 and a sequence number is never used twice; the unique event id backs up "exactly once".
+
+The dead-letter topic matches the pattern too: each of its messages is recorded as a ``MessageDeadLettered``
+entry (:func:`dead_letter_event`), so the ledger shows which consumer group gave up on which event and why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -21,6 +26,7 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker, KafkaMessage
 from pydantic import ValidationError
+from shared.deadletter import DEAD_LETTER_TOPIC, as_dead_letter
 from shared.events import ALL_TOPICS_PATTERN, Envelope
 from shared.kafka import at_least_once, subscribe
 from shared.settings import CommonSettings
@@ -41,6 +47,8 @@ from audit.merkle import MerkleFrontier, MerkleTree, leaf_hash
 log = logging.getLogger(__name__)
 RawEnvelope = Envelope[dict[str, Any]]
 _ZERO = bytes(32)
+#: The ledger's entry type for a message some consumer group dead-lettered (``docs/reliability.md``).
+DEAD_LETTERED = "MessageDeadLettered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,38 @@ def item_of(raw: bytes, topic: str) -> Item:
         canonical,
         " ".join(domain.entity_refs(canonical)),
     )
+
+
+def dead_letter_event(record: Any) -> bytes:
+    """The ledger's envelope for a message of the dead-letter topic: which event a consumer group gave up on,
+    where it was and why, with the original's digest and identifiers (never its bytes: they may carry PHI
+    ciphertexts). Its id is derived from the dead-lettering, so a redelivered dead letter is one entry."""
+    letter = as_dead_letter(record)
+    try:
+        original: RawEnvelope | None = RawEnvelope.model_validate_json(letter.value)
+    except ValidationError:
+        original = None
+    digest = hashlib.sha256(letter.value).hexdigest()
+    event_id = uuid.uuid5(uuid.NAMESPACE_OID, "|".join(
+        ["dead-letter", letter.group, letter.topic, str(letter.source_partition), str(letter.source_offset),
+         letter.at, digest]))
+    return json.dumps({
+        "event_id": str(event_id),
+        "event_type": DEAD_LETTERED,
+        "event_version": 1,
+        "occurred_at": letter.at or datetime.now(UTC).isoformat(),
+        "tenant_id": str(original.tenant_id) if original and original.tenant_id else None,
+        "actor": {"role": "service", "service": letter.group},
+        "correlation_id": str(original.correlation_id if original else event_id),
+        "causation_id": str(original.event_id) if original else None,
+        "payload": {
+            "dead_lettered_event_id": str(original.event_id) if original else None,
+            "dead_lettered_event_type": original.event_type if original else None,
+            "topic": letter.topic, "partition": letter.source_partition, "offset": letter.source_offset,
+            "consumer_group": letter.group, "reason": letter.reason, "attempts": letter.attempts,
+            "sha256": digest, "entity_ids": domain.entity_refs(letter.value),
+        },
+    }).encode()
 
 
 def _prepared(messages: Sequence[tuple[bytes, str]]) -> list[Item]:
@@ -270,9 +310,9 @@ def register(broker: KafkaBroker, settings: CommonSettings, appender: Appender, 
         **at_least_once(settings, "audit-ledger"),
     )
     async def append_to_ledger(messages: list[bytes], message: KafkaMessage) -> None:
-        topics = (
-            [m.topic for m in message.raw_message]
-            if isinstance(message.raw_message, tuple | list)
-            else [""] * len(messages)
-        )
-        await appender.append_raw(list(zip(messages, topics, strict=True)))
+        """``message`` is the delivery, or a ``shared.deadletter.Part`` when one message is retried alone."""
+        records = message.raw_message
+        await appender.append_raw([
+            (dead_letter_event(record) if record.topic == DEAD_LETTER_TOPIC else raw, record.topic)
+            for raw, record in zip(messages, records, strict=True)
+        ])

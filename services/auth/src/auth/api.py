@@ -1,7 +1,7 @@
 """HTTP routes of the auth service (reached through the gateway under ``/api/auth``).
 
 ``/internal/revocations`` is outside ``/api``: the gateway never routes it; other services fetch it
-directly (see docs/identity.md).
+directly, presenting the service credential (``shared.web`` refuses anyone else; see docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from auth.service import IdentityError, IdentityService, LoginOutcome, PolicyViolation, TokenPair
 from shared.events import Actor
 from shared.tokens import Principal, Role, Scope
-from shared.web import current_principal, principal_allowing, require_roles
+from shared.text import Text
+from shared.web import current_principal, is_service_call, principal_allowing, require_roles
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
@@ -33,17 +34,17 @@ Enrolling = Annotated[Principal, Depends(principal_allowing(Scope.MFA_ENROLMENT)
 ChangingPassword = Annotated[Principal, Depends(principal_allowing(Scope.PASSWORD_CHANGE))]
 Administrator = Annotated[Principal, Depends(require_roles(Role.PLATFORM_ADMIN, Role.ORG_ADMIN))]
 
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
-TotpCode = Annotated[str, Field(min_length=6, max_length=12, description="The 6-digit code of the authenticator")]
+Password = Annotated[Text, Field(min_length=1, max_length=1024)]
+TotpCode = Annotated[Text, Field(min_length=6, max_length=12, description="The 6-digit code of the authenticator")]
 
 
 class LoginRequest(BaseModel):
-    username: str = Field(min_length=1, max_length=150)
+    username: Text = Field(min_length=1, max_length=150)
     password: Password
 
 
 class RefreshRequest(BaseModel):
-    refresh_token: str = Field(min_length=1, max_length=512)
+    refresh_token: Text = Field(min_length=1, max_length=512)
 
 
 class TokenResponse(BaseModel):
@@ -79,9 +80,9 @@ class LoginResponse(BaseModel):
 
 
 class MfaVerifyRequest(BaseModel):
-    mfa_token: str = Field(min_length=1, max_length=512)
-    code: str | None = Field(None, min_length=6, max_length=12, description="A TOTP code")
-    backup_code: str | None = Field(None, min_length=8, max_length=64, description="Or a backup code")
+    mfa_token: Text = Field(min_length=1, max_length=512)
+    code: Text | None = Field(None, min_length=6, max_length=12, description="A TOTP code")
+    backup_code: Text | None = Field(None, min_length=8, max_length=64, description="Or a backup code")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> MfaVerifyRequest:
@@ -116,7 +117,7 @@ class MfaStatusResponse(BaseModel):
 
 class PasswordChange(BaseModel):
     current_password: Password
-    new_password: str = Field(min_length=1, max_length=1024)
+    new_password: Password
 
 
 class OrganizationOut(BaseModel):
@@ -137,18 +138,18 @@ class Me(BaseModel):
 
 class FirstAdmin(BaseModel):
     username: str = Field(pattern=r"^[A-Za-z0-9_.@-]{3,150}$")
-    password: str = Field(min_length=1, max_length=1024)
+    password: Password
 
 
 class NewOrganization(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")
     admin: FirstAdmin | None = Field(None, description="The organisation's first admin")
 
 
 class NewUser(BaseModel):
     username: str = Field(pattern=r"^[A-Za-z0-9_.@-]{3,150}$")
-    password: str = Field(min_length=1, max_length=1024)
+    password: Password
     role: Role
     organization_id: uuid.UUID | None = Field(
         None, description="Platform admins only: the organisation of a new org admin"
@@ -174,7 +175,8 @@ class RoleChange(BaseModel):
 
 
 class ResetRequest(BaseModel):
-    reset_mfa: bool = Field(False, description="Also remove the user's MFA (a lost authenticator)")
+    reset_mfa: bool = Field(False, description="Also remove the user's MFA (a lost authenticator); an "
+                                               "administrator of the user's own organisation only")
 
 
 class ResetResponse(BaseModel):
@@ -182,8 +184,12 @@ class ResetResponse(BaseModel):
 
 
 def _client_ip(request: Request) -> str | None:
+    """The address recorded in identity events: the gateway's word (it resolved the client) when the caller is
+    the gateway, proven by the service credential; otherwise the peer, whatever headers it sends."""
     forwarded = request.headers.get("x-forwarded-for")
-    return forwarded.split(",")[0].strip() if forwarded else (request.client.host if request.client else None)
+    if forwarded and is_service_call(request):
+        return forwarded.split(",")[-1].strip()
+    return request.client.host if request.client else None
 
 
 def install_identity_errors(app: FastAPI) -> None:
@@ -349,7 +355,11 @@ async def deactivate(user_id: uuid.UUID, principal: Administrator, identity: Ide
 @router.post("/users/{user_id}/reset", response_model=ResetResponse)
 async def reset(user_id: uuid.UUID, principal: Administrator, identity: Identity,
                 body: ResetRequest | None = None) -> ResetResponse:
-    """A temporary password the user must change at the next login; the user's sessions end."""
+    """A temporary password the user must change at the next login; the user's sessions end.
+
+    A platform admin (who sees no clinical data) may reset only an admin whose MFA stays in place, so the
+    temporary password alone never completes that admin's login; removing MFA takes an administrator of the
+    user's own organisation (docs/security.md)."""
     return ResetResponse(temporary_password=await identity.reset(principal, user_id,
                                                                  reset_mfa=bool(body and body.reset_mfa)))
 

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import pyotp
 
+from shared.text import fold_accents, username_key
 from shared.tokens import Role, Scope
 
 # -- access tokens -------------------------------------------------------------------------------------------
@@ -58,8 +59,10 @@ def refresh_token_hash(token: str) -> str:
 
 
 def username_digest(username: str, key: bytes) -> str:
-    """A keyed digest that lets the ledger correlate failed logins without storing what was typed."""
-    return hmac.new(key, username.strip().casefold().encode(), hashlib.sha256).hexdigest()[:32]
+    """A keyed digest of the username's one normal form (``shared.text.username_key``, the same form the
+    user lookup compares): the lockout counter of every spelling that reaches an account is that account's.
+    It also lets the ledger correlate failed logins without storing what was typed."""
+    return hmac.new(key, username_key(username).encode(), hashlib.sha256).hexdigest()[:32]
 
 
 # -- what a successful authentication leads to ---------------------------------------------------------------
@@ -125,14 +128,17 @@ def password_problems(password: str, *, context: Iterable[str] = ()) -> list[str
     if length > MAX_PASSWORD_LENGTH:
         return [f"must be at most {MAX_PASSWORD_LENGTH} characters long"]
     folded = normalised.casefold()
-    if folded in common_passwords() or folded.strip() in common_passwords():
+    # Accents folded too: one accent (``Pàssword1234``) must not turn a listed password into an unlisted one.
+    candidates = {folded, folded.strip(), fold_accents(folded), fold_accents(folded).strip()}
+    if candidates & common_passwords():
         return ["appears in a list of common or breached passwords"]
-    words = [w.casefold() for w in context if w and len(w) >= 4]
-    if any(w in folded for w in words):
+    words = [fold_accents(w.casefold()) for w in context if w and len(w) >= 4]
+    if any(w in fold_accents(folded) for w in words):
         return ["must not contain your username or the platform's name"]
     from zxcvbn import zxcvbn
 
-    estimate = zxcvbn(normalised, user_inputs=words, max_length=MAX_PASSWORD_LENGTH)
+    # Scored without accents, which add next to nothing for a guesser who tries them on dictionary words.
+    estimate = zxcvbn(fold_accents(normalised), user_inputs=words, max_length=MAX_PASSWORD_LENGTH)
     if estimate["score"] < MIN_GUESSABILITY_SCORE:
         warning = estimate["feedback"].get("warning") or "it follows a predictable pattern"
         return [f"is too easy to guess: {warning.rstrip('.')}"]
@@ -180,7 +186,7 @@ def check_totp(secret: str, code: str, now: float, last_step: int | None) -> Tot
     ``last_step`` with a compare-and-set, so two concurrent uses of one code cannot both pass.
     """
     candidate = "".join(code.split())
-    if len(candidate) != TOTP_DIGITS or not candidate.isdigit():
+    if len(candidate) != TOTP_DIGITS or not (candidate.isascii() and candidate.isdigit()):  # "١٢٣٤٥٦" too
         return TotpCheck(TotpVerdict.INVALID)
     current = totp_step(now)
     matches = [s for s in range(current - TOTP_WINDOW, current + TOTP_WINDOW + 1)

@@ -694,7 +694,11 @@ class IdentityService:
 
     async def create_user(self, *, org_id: uuid.UUID | None, username: str, password: str, role: Role,
                           actor: Actor, enforce_password_policy: bool = True) -> uuid.UUID:
-        """A new user. Only demo seeding passes ``enforce_password_policy=False`` (and says so in the log)."""
+        """A new user. Only demo seeding passes ``enforce_password_policy=False`` (and says so in the log).
+
+        A platform admin creates an organisation's admin only while the organisation has no active one (its
+        first admin, or after losing all of them); further admins are added by the organisation's admins.
+        """
         if enforce_password_policy:
             await self.check_password_policy(password, username)
         else:
@@ -703,6 +707,11 @@ class IdentityService:
         async with self._tx() as tx:
             if org_id is not None and await store.org_by_id(tx.conn, org_id) is None:
                 return _raise(NotFound("no such organisation"))
+            if (actor.role == Role.PLATFORM_ADMIN.value and org_id is not None
+                    and await store.has_active_admin(tx.conn, org_id)):
+                # The platform admin chose this password: an admin of its own making in an organisation that
+                # runs (and may hold patients) would be clinical access by the back door.
+                return _raise(Forbidden("the organisation has an administrator; its administrators add others"))
             await store.insert_user(tx.conn, user)
             await tx.emit(ev.UserCreatedV1(user_id=user.id, role=role.value), ev.USER_CREATED, tenant=org_id,
                           actor=actor, key=str(user.id))
@@ -745,7 +754,12 @@ class IdentityService:
         self._revoked_locally(user_id=user_id, sessions=revoked)
 
     async def reset(self, principal: Principal, user_id: uuid.UUID, *, reset_mfa: bool) -> str:
-        """A temporary password (returned once) that must be changed at the next login; sessions end."""
+        """A temporary password (returned once) that must be changed at the next login; sessions end.
+
+        The resetter learns the temporary password, so a reset must never leave the resetter able to complete
+        the user's login where that would widen what the resetter sees: a platform admin's reset keeps the
+        user's MFA, and is refused for a user without it.
+        """
         now = _now()
         temporary = domain.temporary_password()
         while domain.password_problems(temporary):
@@ -755,6 +769,13 @@ class IdentityService:
             target = await self._target(tx.conn, principal, user_id)
             if not target.active:
                 return _raise(Conflict("the user is deactivated"))
+            if principal.role is Role.PLATFORM_ADMIN and (reset_mfa or not await store.mfa_enabled(tx.conn,
+                                                                                                target.id)):
+                # The temporary password is shown to the resetter: without the user's own second factor
+                # still in place, it would let a platform admin (no clinical access) log in as an org admin.
+                return _raise(Forbidden("a platform admin may reset only the password of an admin whose MFA "
+                                        "stays enabled; an administrator of the user's organisation can "
+                                        "remove MFA"))
             await store.set_password(tx.conn, target.id, password_hash, must_change=True)
             await store.clear_failures(tx.conn, self.digest(target.username))
             mfa_reset = reset_mfa and await store.delete_mfa(tx.conn, target.id)

@@ -18,7 +18,8 @@ class AuthSettings(CommonSettings):
                                                      "rotates (a client's retry) instead of counting as reuse")
     audit_signing_key: SecretStr | None = None
     mfa_encryption_key: SecretStr | None = Field(None, description="Fernet keys for TOTP secrets, newest first")
-    mfa_required_roles: str = Field("org_admin,doctor", description="Roles that must enrol TOTP MFA")
+    mfa_required_roles: str = Field("platform_admin,org_admin,doctor",
+                                    description="Roles that must enrol TOTP MFA (platform_admin always must)")
     mfa_challenge_ttl_seconds: int = Field(300, ge=30, le=900)
     mfa_challenge_max_attempts: int = Field(3, ge=1, le=10)
     totp_issuer: str = "Clinomic"
@@ -45,7 +46,9 @@ class AuthSettings(CommonSettings):
 
     def required_mfa_roles(self) -> frozenset[Role]:
         try:
-            return frozenset(Role(r.strip()) for r in self.mfa_required_roles.split(",") if r.strip())
+            configured = frozenset(Role(r.strip()) for r in self.mfa_required_roles.split(",") if r.strip())
+            # Platform admins administer every organisation's admins: never on a password alone.
+            return configured | {Role.PLATFORM_ADMIN}
         except ValueError:
             raise SecretProblem(
                 f"MFA_REQUIRED_ROLES must be a comma-separated list of: {', '.join(Role)}") from None

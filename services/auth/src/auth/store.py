@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.text import username_key
+
 SCHEMA = "auth"
 
 _USER_COLUMNS = "id, org_id, username, password_hash, role, active, must_change_password"
@@ -37,8 +39,10 @@ class Organization:
 
 
 async def user_by_username(conn: AsyncConnection, username: str) -> User | None:
+    """By the username's normal form, computed here and stored at creation: SQL never normalises, so it
+    cannot disagree with the lockout key (see ``shared.text.username_key``)."""
     row = (await conn.execute(
-        text(f"SELECT {_USER_COLUMNS} FROM users WHERE lower(username) = lower(:u)"), {"u": username},
+        text(f"SELECT {_USER_COLUMNS} FROM users WHERE username_key = :k"), {"k": username_key(username)},
     )).first()
     return User(*row) if row else None
 
@@ -61,6 +65,11 @@ async def users_of_org(conn: AsyncConnection, org_id: uuid.UUID) -> list[tuple[U
     return [(User(*r[:7]), bool(r[7])) for r in rows]
 
 
+async def has_active_admin(conn: AsyncConnection, org_id: uuid.UUID) -> bool:
+    return bool(await conn.scalar(
+        text("SELECT 1 FROM users WHERE org_id = :o AND role = 'org_admin' AND active LIMIT 1"), {"o": org_id}))
+
+
 async def org_by_slug(conn: AsyncConnection, slug: str) -> uuid.UUID | None:
     return await conn.scalar(text("SELECT id FROM organizations WHERE slug = :s"), {"s": slug})
 
@@ -77,10 +86,10 @@ async def insert_org(conn: AsyncConnection, org_id: uuid.UUID, name: str, slug: 
 
 async def insert_user(conn: AsyncConnection, user: User) -> None:
     await conn.execute(
-        text("INSERT INTO users (id, org_id, username, password_hash, role, active, must_change_password, "
-             "password_changed_at) VALUES (:id, :org, :u, :h, :r, :a, :m, now())"),
-        {"id": user.id, "org": user.org_id, "u": user.username, "h": user.password_hash, "r": user.role,
-         "a": user.active, "m": user.must_change_password},
+        text("INSERT INTO users (id, org_id, username, username_key, password_hash, role, active, "
+             "must_change_password, password_changed_at) VALUES (:id, :org, :u, :k, :h, :r, :a, :m, now())"),
+        {"id": user.id, "org": user.org_id, "u": user.username, "k": username_key(user.username),
+         "h": user.password_hash, "r": user.role, "a": user.active, "m": user.must_change_password},
     )
 
 

@@ -30,6 +30,8 @@ PATH = "/internal/admissions"
 class Admitted:
     patient_id: uuid.UUID
     consent_id: uuid.UUID | None
+    #: the organisation's declared prevalence of B12 < 200 pg/mL, carried into the command for the model
+    expected_prevalence: float | None = None
 
 
 def _unavailable() -> Response:
@@ -41,23 +43,32 @@ async def admit(request: Request, *, external_id: str, name_ciphertext: str | No
                 cbc: CompleteBloodCount) -> Admitted | Response:
     settings = request.app.state.settings
     session: aiohttp.ClientSession = request.app.state.admissions
-    try:
-        async with session.post(
-            settings.screening_url + PATH,
-            json={"external_id": external_id, "name_ciphertext": name_ciphertext, "sex": cbc.sex.value,
-                  "age": cbc.age},
-            headers={"authorization": request.headers["authorization"]},
-            timeout=aiohttp.ClientTimeout(total=settings.admission_timeout_seconds),
-            allow_redirects=False,  # aiohttp would follow one; like any other answer, it is relayed as it is
-        ) as answer:
-            content = await answer.read()
-    except (aiohttp.ClientError, TimeoutError):
-        log.warning("admission check unavailable; classify refused with 503")
-        return _unavailable()
+    for attempt in (1, 2):
+        try:
+            async with session.post(
+                settings.screening_url + PATH,
+                json={"external_id": external_id, "name_ciphertext": name_ciphertext, "sex": cbc.sex.value,
+                      "age": cbc.age},
+                headers={"authorization": request.headers["authorization"]},
+                timeout=aiohttp.ClientTimeout(total=settings.admission_timeout_seconds),
+                allow_redirects=False,  # aiohttp would follow one; like any other answer, it is relayed as is
+            ) as answer:
+                content = await answer.read()
+            break
+        except aiohttp.ServerDisconnectedError:
+            # A pooled connection the screening service closed before answering: the check creates a patient
+            # only if absent, so asking once more on a fresh connection cannot do anything twice.
+            if attempt == 2:
+                log.warning("admission check unavailable; classify refused with 503")
+                return _unavailable()
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("admission check unavailable; classify refused with 503")
+            return _unavailable()
     if answer.status == 200:
         body = json.loads(content)
         return Admitted(uuid.UUID(body["patient_id"]),
-                        uuid.UUID(body["consent_id"]) if body.get("consent_id") else None)
+                        uuid.UUID(body["consent_id"]) if body.get("consent_id") else None,
+                        body.get("expected_prevalence"))
     if answer.status >= 500:
         return _unavailable()
     return Response(content, status_code=answer.status, media_type="application/json",

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import admission, store
 from gateway.intake import Answer, Intake, KeyReused, fingerprint
 from gateway.proxy import forward
 from shared.events.catalog import asyncapi_json
 from shared.events.screening import CompleteBloodCount
+from shared.text import Text, username_key
 from shared.tokens import Principal, Role
 from shared.web import current_principal, require_roles, tenant_of
 
@@ -23,12 +26,19 @@ Authenticated = Annotated[Principal, Depends(current_principal)]
 
 
 class PatientIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     external_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$",
                              description="The lab's patient identifier")
-    name: str | None = Field(None, min_length=1, max_length=200, description="PHI: encrypted before it leaves")
+    name: Text | None = Field(None, min_length=1, max_length=200, description="PHI: encrypted before it leaves")
 
 
 class ClassifyRequest(BaseModel):
+    """Unknown fields are refused (422), so a body naming ``organization_id`` or ``tenant_id`` cannot look as if
+    it chose a tenant: the tenant is always the token's."""
+
+    model_config = ConfigDict(extra="forbid")
+
     patient: PatientIn
     cbc: CompleteBloodCount
 
@@ -49,7 +59,20 @@ async def limited(request: Request, rule: str, who: str) -> None:
 
 
 def client_ip(request: Request) -> str:
+    """The peer, or the client our trusted proxies name (resolved by gateway.middleware, never the header)."""
     return request.client.host if request.client else "unknown"
+
+
+async def account_of_login(request: Request) -> str | None:
+    """The account a login names, in the one normal form the auth service locks (``shared.text``), digested so
+    that no typed username is kept in the limiter's keys; None when the body names none (auth answers 422)."""
+    try:
+        username = json.loads(await request.body()).get("username")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(username, str):
+        return None
+    return hashlib.sha256(username_key(username).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 IdempotencyKey = Annotated[
@@ -101,7 +124,8 @@ async def classify(body: ClassifyRequest, request: Request, principal: Screener,
         if not isinstance(admitted, admission.Admitted):
             return admitted
         command = intake.command(principal, tenant, body.patient.external_id, body.cbc,
-                                 patient_id=admitted.patient_id, consent_id=admitted.consent_id)
+                                 patient_id=admitted.patient_id, consent_id=admitted.consent_id,
+                                 expected_prevalence=admitted.expected_prevalence)
         return _answer(await intake.submit(command, wait, idempotency_key=idempotency_key,
                                            request_fingerprint=request_fingerprint))
     except KeyReused:
@@ -172,12 +196,14 @@ async def audit_routes(request: Request, principal: Authenticated, rest: str = "
 
 @router.api_route("/api/auth/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], tags=["auth"])
 async def auth_routes(rest: str, request: Request) -> Response:
-    """Rate-limited per client address (login, refresh and MFA codes each by their own rule); the auth
-    service verifies everything else. Only ``/api/auth/...`` is reachable: dot segments are refused, so no
-    path can be made to reach the auth service's internal routes."""
+    """Rate-limited per client address (login, refresh and MFA codes each by their own rule; logins also per
+    account); the auth service verifies everything else. Only ``/api/auth/...`` is reachable: dot segments are
+    refused, so no path can be made to reach the auth service's internal routes."""
     if any(segment in (".", "..") for segment in rest.split("/")):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not found")
     rule = {"login": "login", "refresh": "refresh", "logout": "refresh", "mfa/verify": "mfa",
             "mfa/verify-setup": "mfa", "mfa/disable": "mfa", "mfa/backup-codes": "mfa"}.get(rest.strip("/"), "default")
     await limited(request, rule, client_ip(request))
+    if rule == "login" and (account := await account_of_login(request)) is not None:
+        await limited(request, "login_account", account)  # spreading guesses over addresses does not help
     return await forward(request.app.state.http, request.app.state.settings.auth_url, request)

@@ -52,11 +52,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.token_verifier = verifier
     app.state.intake = intake
     app.state.batch_intake = batch_intake
-    app.state.http = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=200))
-    # The admission check of every classify (gateway.admission), where httpx's pool cost too much CPU. Idle
-    # connections are dropped after 4 s, before the screening service's (uvicorn's) 5 s keep-alive does.
+    # Both clients present the service credential (internal routes demand it) and drop idle connections after
+    # 4 s, before the services' (uvicorn's) 5 s keep-alive does; gateway.proxy also retries an idempotent
+    # request once when a reused connection turns out closed.
+    credential = app.state.service_credential.headers()
+    app.state.http = httpx.AsyncClient(timeout=30.0, headers=credential,
+                                       limits=httpx.Limits(max_connections=200, keepalive_expiry=4.0))
+    # The admission check of every classify (gateway.admission), where httpx's pool cost too much CPU.
     app.state.admissions = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=4.0))
+        headers=credential, connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=4.0))
     app.state.ready = True
     try:
         yield
@@ -79,11 +83,15 @@ def create_app() -> FastAPI:
         title="Clinomic API",
         description="Vitamin B12 deficiency screening from routine blood counts.",
         lifespan=lifespan,
+        # Interactive docs and the schema only in development (DEBUG, which ./run sets); production serves none.
+        docs_url="/docs" if settings.debug else None, redoc_url="/redoc" if settings.debug else None,
+        openapi_url="/openapi.json" if settings.debug else None,
     )
     app.state.settings = settings
     app.state.ready = False
     app.state.rate_limits = RateLimits(
-        {"login": settings.rate_limit_login, "refresh": settings.rate_limit_refresh,
+        {"login": settings.rate_limit_login, "login_account": settings.rate_limit_login_account,
+         "refresh": settings.rate_limit_refresh,
          "classify": settings.rate_limit_classify, "default": settings.rate_limit_default},
         settings.redis_url,
     )
@@ -95,5 +103,6 @@ def create_app() -> FastAPI:
                        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
-                       body_limits={batch_api.UPLOAD_PATH: settings.batch_max_body_bytes})
+                       body_limits={batch_api.UPLOAD_PATH: settings.batch_max_body_bytes},
+                       trusted_proxies=settings.trusted_proxies())
     return app

@@ -26,6 +26,7 @@ from gateway.api import ClassifyRequest
 from shared.events import Actor, Envelope, new_envelope
 from shared.events import batch as ev
 from shared.events.screening import CompleteBloodCount, PatientReference, RiskClass
+from shared.web import MAX_JSON_DEPTH, json_too_deep
 
 T = TypeVar("T")
 
@@ -145,6 +146,9 @@ def read_csv(data: bytes, max_rows: int) -> CheckedBatch:
 
 
 def read_json(data: bytes, max_rows: int) -> CheckedBatch:
+    if json_too_deep(data):  # the parser would recurse per level and fail with RecursionError
+        raise UnreadableBatch("body", f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels, or malformed",
+                              "json_too_deep")
     try:
         items = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -224,6 +228,8 @@ class AdmittedRow:
     checked: CheckedRow
     patient_id: uuid.UUID
     consent_id: uuid.UUID | None
+    #: the organisation's declared prevalence of B12 < 200 pg/mL when admitted (the same for every row)
+    expected_prevalence: float | None = None
 
 
 def refused_row(source: str, row: CheckedRow, reason: str, fields: Sequence[str]) -> RejectedRow:
@@ -253,6 +259,7 @@ def chunk_commands(job_id: uuid.UUID, tenant: uuid.UUID, actor: Actor, rows: Seq
         new_envelope(
             ev.ScreeningBatchRequestedV1(
                 job_id=job_id, chunk=number, requested_at=requested_at,
+                expected_prevalence=part[0].expected_prevalence,
                 rows=[ev.BatchRow(row=r.checked.row, screening_id=uuid.uuid4(), cbc=r.checked.cbc,
                                   consent_id=r.consent_id,
                                   patient=PatientReference(external_id=r.checked.external_id, patient_id=r.patient_id))

@@ -4,6 +4,9 @@
 good ones in bulk (patients, consents: names travel there encrypted and never to Kafka), commits the job and
 its chunk commands in one transaction (from then on the rows are *accepted*), publishes one
 ``ScreeningBatchRequested`` per chunk and answers 202 with the job; it never waits for scoring.
+An upload with an ``Idempotency-Key`` is found again by that key and its file's fingerprint: the same key
+with the same file answers with the first job (``Idempotent-Replayed: true``) and accepts nothing new; the
+same key with another file is a 422, as for classify.
 ``GET /api/screening/batch/{id}`` reports progress and pages the per-row outcomes. A redelivery loop
 re-publishes the unrecorded chunks whenever the pipeline has stalled (a restarted broker, a crashed service).
 """
@@ -11,6 +14,7 @@ re-publishes the unrecorded chunks whenever the pipeline has stalled (a restarte
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -25,7 +29,7 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import batch, store
-from gateway.api import Screener, limited
+from gateway.api import IdempotencyKey, Screener, limited
 from shared.crypto import PhiCipher
 from shared.events import Actor, Envelope, Topic
 from shared.events import batch as ev
@@ -47,12 +51,15 @@ class BatchIntake:
         self.broker = broker
 
     async def accept(self, job: dict[str, Any], commands: list[Envelope[ev.ScreeningBatchRequestedV1]],
-                     encoded: list[bytes]) -> None:
+                     encoded: list[bytes], *, idempotency_key: str | None = None,
+                     fingerprint: str | None = None) -> bool:
+        """False (nothing accepted) when another upload took ``idempotency_key`` first."""
         chunks = [store.BatchChunk(c.payload.chunk, c.payload.rows[0].row, c.payload.rows[-1].row,
                                    len(c.payload.rows), raw, [r.screening_id for r in c.payload.rows])
                   for c, raw in zip(commands, encoded, strict=True)]
         async with self.engine.begin() as conn:
-            await store.accept_batch(conn, job, chunks)
+            return await store.accept_batch(conn, job, chunks, idempotency_key=idempotency_key,
+                                            fingerprint=fingerprint)
 
     async def publish(self, commands: list[Envelope[ev.ScreeningBatchRequestedV1]], wait_seconds: float) -> bool:
         """True once the broker acknowledged every chunk; False leaves them to the redelivery loop."""
@@ -98,6 +105,31 @@ def _unprocessable(errors: list[dict[str, Any]], detail: str = "invalid request"
     return JSONResponse({"detail": detail, "errors": errors, **extra}, status_code=422)
 
 
+def upload_fingerprint(source: str, data: bytes) -> str:
+    """What an idempotent retry must repeat: the same file (bytes and media type)."""
+    return hashlib.sha256(source.encode() + b"\n" + data).hexdigest()
+
+
+async def _replayed(request: Request, tenant: uuid.UUID, key: str, fingerprint: str) -> Response | None:
+    """The job first accepted under ``key`` (its current counts), a 422 when that was another file, or None."""
+    async with request.app.state.engine.begin() as conn:
+        keyed = await store.batch_by_idempotency_key(conn, tenant, key)
+        if keyed is None:
+            return None
+        job_id, first_fingerprint = keyed
+        if first_fingerprint != fingerprint:
+            return _unprocessable([{"field": "header.Idempotency-Key", "type": "idempotency_key_reused",
+                                    "message": "this Idempotency-Key was used for a different upload (another file)"}])
+        job = await store.batch_job(conn, job_id, tenant, rejected_rows=batch.REPORTED_ROWS)
+    assert job is not None
+    url = f"{UPLOAD_PATH}/{job_id}"
+    return JSONResponse(
+        {"job_id": str(job_id), "url": url, "status": batch.status(job["accepted"], job["recorded"]),
+         "total": job["total"], "accepted": job["accepted"], "rejected": job["rejected"],
+         "rejected_rows": job["rejected_rows"]},
+        status_code=status.HTTP_202_ACCEPTED, headers={"Location": url, "Idempotent-Replayed": "true"})
+
+
 def _row_errors(rejected: list[batch.RejectedRow]) -> list[dict[str, Any]]:
     """Rejected rows in the platform's 422 shape, the row number in the field: ``rows.7.hb``."""
     return [{"field": f"rows.{r.row}.{p.field}", "message": p.message, "type": p.type}
@@ -126,7 +158,9 @@ async def _admit(request: Request, checked: batch.CheckedBatch) -> tuple[list[ba
         answer = None
     if answer is not None and answer.status_code < 500 and answer.status_code != 200:
         return Response(answer.content, status_code=answer.status_code, media_type="application/json")
-    results = answer.json().get("results") if answer is not None and answer.status_code == 200 else None
+    verdicts = answer.json() if answer is not None and answer.status_code == 200 else {}
+    results = verdicts.get("results")
+    prevalence = verdicts.get("expected_prevalence")
     if not isinstance(results, list) or len(results) != len(checked.accepted):
         log.warning("bulk admission check unavailable; batch refused with 503")
         return Response('{"detail": "screening records are unavailable; nothing was accepted, retry later"}',
@@ -138,7 +172,7 @@ async def _admit(request: Request, checked: batch.CheckedBatch) -> tuple[list[ba
         else:
             consent = result.get("consent_id")
             admitted.append(batch.AdmittedRow(row, uuid.UUID(result["patient_id"]),
-                                              uuid.UUID(consent) if consent else None))
+                                              uuid.UUID(consent) if consent else None, prevalence))
     return admitted, refused
 
 
@@ -157,12 +191,14 @@ def _commands(job_id: uuid.UUID, tenant: uuid.UUID, actor: Actor, rows: list[bat
     responses={202: {"description": "Accepted rows are queued; follow the job at its URL"},
                413: {"description": "The upload is larger than BATCH_MAX_BODY_BYTES"},
                415: {"description": "Neither text/csv nor application/json"},
-               422: {"description": "Unreadable, more than BATCH_MAX_ROWS rows, or no row accepted"}},
+               422: {"description": "Unreadable, more than BATCH_MAX_ROWS rows, no row accepted, or an "
+                                    "Idempotency-Key already used for another file"}},
 )
-async def upload_batch(request: Request, principal: Screener) -> Response:
+async def upload_batch(request: Request, principal: Screener, idempotency_key: IdempotencyKey = None) -> Response:
     """Screen a batch of CBCs (CSV with a header row, or a JSON array of classify bodies; at most
     ``BATCH_MAX_ROWS`` rows). Every row is checked first; rejected rows are reported with their number, field
-    and reason, and the others are accepted and screened in the background."""
+    and reason, and the others are accepted and screened in the background. Retrying with the same
+    ``Idempotency-Key`` and file answers with the first job."""
     await limited(request, "classify", str(principal.user_id))
     tenant = tenant_of(principal)
     settings = request.app.state.settings
@@ -174,6 +210,11 @@ async def upload_batch(request: Request, principal: Screener) -> Response:
     clock = Stopwatch()
     data = await request.body()
     clock.lap("receive")
+    fingerprint = upload_fingerprint(source, data) if idempotency_key else None
+    if idempotency_key and fingerprint:
+        replayed = await _replayed(request, tenant, idempotency_key, fingerprint)
+        if replayed is not None:
+            return replayed
     try:
         checked = await asyncio.to_thread(batch.read_batch, data, source, settings.batch_max_rows)
     except batch.UnreadableBatch as unreadable:
@@ -198,7 +239,11 @@ async def upload_batch(request: Request, principal: Screener) -> Response:
            "accepted": len(admitted), "rejected": len(rejected), "rejected_rows": [r.as_json() for r in rejected],
            "chunks": len(commands)}
     intake: BatchIntake = request.app.state.batch_intake
-    await intake.accept(job, commands, encoded)
+    if not await intake.accept(job, commands, encoded, idempotency_key=idempotency_key, fingerprint=fingerprint):
+        assert idempotency_key and fingerprint  # refused only when a concurrent upload took the key first
+        replayed = await _replayed(request, tenant, idempotency_key, fingerprint)
+        assert replayed is not None
+        return replayed
     clock.lap("accept")
     published = await intake.publish(commands, settings.batch_publish_wait_seconds)
     clock.lap("publish")

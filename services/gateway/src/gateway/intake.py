@@ -58,13 +58,15 @@ class Intake:
         self.outcomes = outcomes
 
     def command(self, principal: Principal, tenant: uuid.UUID, external_id: str, cbc: ev.CompleteBloodCount, *,
-                patient_id: uuid.UUID | None = None, consent_id: uuid.UUID | None = None) -> Envelope[Any]:
+                patient_id: uuid.UUID | None = None, consent_id: uuid.UUID | None = None,
+                expected_prevalence: float | None = None) -> Envelope[Any]:
         payload = ev.ScreeningRequestedV1(
             screening_id=uuid.uuid4(),
             patient=ev.PatientReference(external_id=external_id, patient_id=patient_id),
             cbc=cbc,
             requested_at=datetime.now(UTC),
             consent_id=consent_id,
+            expected_prevalence=expected_prevalence,
         )
         return new_envelope(payload, event_type=ev.SCREENING_REQUESTED[0], event_version=ev.SCREENING_REQUESTED[1],
                             tenant_id=tenant, actor=Actor(user_id=principal.user_id, role=principal.role))

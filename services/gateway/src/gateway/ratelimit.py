@@ -1,6 +1,6 @@
 """Per-endpoint rate limits (the `limits` library): in-process, or shared by all replicas through Redis.
 
-Rules are named (``login``, ``refresh``, ``mfa``, ``classify``, ``export``, ``default``) and configured by
+Rules are named (``login``, ``login_account``, ``refresh``, ``mfa``, ``classify``, ``export``, ``default``) and configured by
 ``RATE_LIMIT_<NAME>`` in the `limits` notation (``30/minute``, ``5/second;100/hour``). With ``REDIS_URL``
 every gateway replica counts in the same Redis keys, so a client cannot multiply its allowance by spreading
 requests over replicas. Should Redis fail, each replica falls back to counting in-process (and logs it)
@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-RULES = ("login", "refresh", "mfa", "classify", "export", "default")
+RULES = ("login", "login_account", "refresh", "mfa", "classify", "export", "default")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 from pydantic import Field, SecretStr
 
 from shared.events.batch import MAX_BATCH_ROWS, MAX_CHUNK_ROWS
-from shared.settings import CommonSettings, fernet_keys
+from gateway.middleware import Networks, trusted_networks
+from shared.settings import CommonSettings, SecretProblem, fernet_keys
 
 
 class GatewaySettings(CommonSettings):
@@ -17,6 +18,9 @@ class GatewaySettings(CommonSettings):
     redeliver_after_seconds: float = Field(15.0, description="Re-publish accepted screenings not recorded by then")
     admission_timeout_seconds: float = Field(5.0, description="How long classify waits for its admission check")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
+    forwarded_allow_ips: str = Field(
+        "", description="Our reverse proxies (addresses or CIDR networks, comma-separated) whose X-Forwarded-For "
+                        "is believed; empty: the header is ignored and the peer is the client")
     # Bulk screening (docs/bulk-screening.md)
     batch_max_rows: int = Field(MAX_BATCH_ROWS, ge=1, le=MAX_BATCH_ROWS, description="Rows one upload may hold")
     batch_max_body_bytes: int = Field(64 * 1_048_576, ge=1024, description="Larger batch uploads get 413")
@@ -29,8 +33,9 @@ class GatewaySettings(CommonSettings):
     batch_redeliver_after_seconds: float = Field(
         30.0, description="Re-publish unrecorded chunks once no chunk has been recorded for this long")
     # Rate limits in the `limits` notation ("30/minute", "5/second;100/hour"); per client address for the
-    # auth routes, per user elsewhere. Shared by all replicas through Redis when REDIS_URL is set.
+    # auth routes (logins also per account), per user elsewhere. Shared by all replicas through Redis when REDIS_URL is set.
     rate_limit_login: str = "30/minute"
+    rate_limit_login_account: str = Field("20/minute", description="Logins per account (username), any address")
     rate_limit_refresh: str = "60/minute"
     rate_limit_mfa: str = Field("10/minute", description="MFA code submissions (verify, enrol, disable)")
     rate_limit_classify: str = "100000/minute"
@@ -41,6 +46,13 @@ class GatewaySettings(CommonSettings):
 
     def check_secrets(self) -> None:
         fernet_keys(self.master_encryption_key, "MASTER_ENCRYPTION_KEY")
+        try:
+            self.trusted_proxies()
+        except ValueError:
+            raise SecretProblem("FORWARDED_ALLOW_IPS must be addresses or CIDR networks, comma-separated") from None
+
+    def trusted_proxies(self) -> Networks:
+        return trusted_networks(self.forwarded_allow_ips)
 
     def phi_keys(self) -> list[bytes]:
         return fernet_keys(self.master_encryption_key, "MASTER_ENCRYPTION_KEY")

@@ -132,20 +132,36 @@ class BatchChunk:
     screening_ids: list[uuid.UUID]
 
 
-async def accept_batch(conn: AsyncConnection, job: dict[str, Any], chunks: Sequence[BatchChunk]) -> None:
-    """The job and every chunk command in one transaction: committed, the accepted rows are accepted."""
-    await conn.execute(
+async def accept_batch(conn: AsyncConnection, job: dict[str, Any], chunks: Sequence[BatchChunk], *,
+                       idempotency_key: str | None = None, fingerprint: str | None = None) -> bool:
+    """The job and every chunk command in one transaction: committed, the accepted rows are accepted. False
+    (nothing inserted) when the tenant already used ``idempotency_key`` for a job."""
+    inserted = await conn.scalar(
         text("INSERT INTO batch_jobs (id, tenant_id, submitted_by, source, total, accepted, rejected, rejected_rows, "
-             "chunks) VALUES (:id, :tenant, :by, :source, :total, :accepted, :rejected, "
-             "CAST(:rejected_rows AS jsonb), :chunks)"),
-        job | {"rejected_rows": json.dumps(job["rejected_rows"])},
+             "chunks, idempotency_key, request_fingerprint) VALUES (:id, :tenant, :by, :source, :total, :accepted, "
+             ":rejected, CAST(:rejected_rows AS jsonb), :chunks, :key, :fingerprint) "
+             "ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"),
+        job | {"rejected_rows": json.dumps(job["rejected_rows"]), "key": idempotency_key,
+               "fingerprint": fingerprint},
     )
+    if inserted is None:
+        return False
     await conn.execute(
         text("INSERT INTO batch_chunks (job_id, chunk, first_row, last_row, rows, command, screening_ids) "
              "VALUES (:job, :chunk, :first, :last, :rows, :command, :screening_ids)"),
         [{"job": job["id"], "chunk": c.chunk, "first": c.first_row, "last": c.last_row, "rows": c.rows,
           "command": c.command, "screening_ids": c.screening_ids} for c in chunks],
     )
+    return True
+
+
+async def batch_by_idempotency_key(conn: AsyncConnection, tenant_id: uuid.UUID,
+                                   key: str) -> tuple[uuid.UUID, str | None] | None:
+    """The job this tenant accepted under ``key`` and the fingerprint of its upload, or None."""
+    row = (await conn.execute(
+        text("SELECT id, request_fingerprint FROM batch_jobs WHERE tenant_id = :t AND idempotency_key = :k"),
+        {"t": tenant_id, "k": key})).first()
+    return (row[0], row[1]) if row else None
 
 
 async def record_batch_chunk(conn: AsyncConnection, job_id: uuid.UUID, chunk: int, outcomes: str, *,

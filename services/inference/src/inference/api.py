@@ -1,8 +1,9 @@
 """Internal HTTP routes of the inference worker besides health: the card of the model it serves.
 
-``GET /internal/model-card`` is for other services (the screening service's analytics summary); the gateway
-routes no client to it. It answers with what the verified model directory says (``card.json``, the
-manifest's identity), never with figures of its own. The card holds no patient data.
+``GET /internal/model-card`` is for other services (the screening service's model description and analytics
+summary); the gateway routes no client to it, and like every internal route it answers only a caller that
+presents the service credential (``INTERNAL_SERVICE_TOKEN``). It answers with what the verified model directory
+says (``card.json``, the manifest's identity), never with figures of its own. The card holds no patient data.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from faststream.asgi import AsgiResponse, get
 from faststream.asgi.handlers import HttpHandler
 
 from inference.model import B12Model
+from shared.tokens import SERVICE_TOKEN_HEADER, ServiceCredential
 
 MODEL_CARD_PATH = "/internal/model-card"
 
@@ -43,11 +45,15 @@ def card_summary(model: B12Model) -> dict[str, Any]:
     }
 
 
-def model_card_route(model: B12Model) -> HttpHandler:
+def model_card_route(model: B12Model, credential: ServiceCredential) -> HttpHandler:
     body = json.dumps(card_summary(model)).encode()
 
     @get
-    async def model_card(scope: object) -> AsgiResponse:
+    async def model_card(scope: dict[str, Any]) -> AsgiResponse:
+        presented = dict(scope.get("headers") or []).get(SERVICE_TOKEN_HEADER.encode())
+        if not credential.accepts(presented.decode("latin-1") if presented else None):
+            return AsgiResponse(b'{"detail": "service credential required"}', 401,
+                                {"content-type": "application/json"})
         return AsgiResponse(body, 200, {"content-type": "application/json"})
 
     return model_card

@@ -12,6 +12,7 @@ from inference.settings import InferenceSettings
 from shared.kafka import ensure_topics, make_broker
 from shared.observability import configure_logging
 from shared.settings import load_or_exit
+from shared.tokens import ServiceCredential
 
 
 def create_app() -> AsgiFastStream:
@@ -21,6 +22,7 @@ def create_app() -> AsgiFastStream:
         model = B12Model.load(settings.model_dir)
     except ModelArtifactError as problem:
         raise SystemExit(f"inference: refusing to start: {problem}") from None
+    credential = load_or_exit(ServiceCredential, "inference")
     broker = make_broker(settings, "clinomic-inference")
     handlers.register(broker, settings, model, settings.batch_size)
     state = {"ready": False}
@@ -44,7 +46,7 @@ def create_app() -> AsgiFastStream:
     return AsgiFastStream(
         broker,
         asgi_routes=[("/health/live", live), ("/health/ready", ready),
-                     (api.MODEL_CARD_PATH, api.model_card_route(model))],
+                     (api.MODEL_CARD_PATH, api.model_card_route(model, credential))],
         on_startup=[create_topics],
         after_startup=[mark_ready],
     )

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from screening import store
 from screening.access import CLINICIANS, ORG_ROLES, Tenant, tenant
+from shared.tokens import ServiceCredential
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["analytics"])
@@ -135,7 +136,7 @@ def summarise(period: Period, scope: Literal["organisation", "referred_patients"
 async def model_card(inference_url: str, timeout_seconds: float) -> ModelCard | None:
     """The current model's card from the inference worker; None when it cannot be had in time."""
     try:
-        async with httpx.AsyncClient(timeout=timeout_seconds) as client:
+        async with httpx.AsyncClient(timeout=timeout_seconds, headers=ServiceCredential().headers()) as client:
             response = await client.get(inference_url.rstrip("/") + MODEL_CARD_PATH)
             response.raise_for_status()
             return ModelCard.model_validate_json(response.content)

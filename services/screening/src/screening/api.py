@@ -29,6 +29,7 @@ from screening import record_store as rs
 from screening.access import ADMIN, CLINICIANS, ORG_ROLES, RECORD_KEEPERS, Tenant, tenant
 from shared.events import records as ev
 from shared.events.screening import Assessment, Sex
+from shared.text import Text
 from shared.tokens import Role
 
 router = APIRouter(tags=["screenings"])
@@ -72,7 +73,7 @@ def _present(row: store.NewScreening, t: Tenant) -> Screening:
 
 def history_filter(
     patient_id: uuid.UUID | None = None,
-    patient_external_id: str | None = None,
+    patient_external_id: Text | None = None,
     lab_id: uuid.UUID | None = None,
     doctor_id: uuid.UUID | None = None,
     risk_class: Annotated[int | None, Query(ge=1, le=3)] = None,
@@ -96,7 +97,7 @@ async def _viewed(t: Tenant, conn: Any, endpoint: str, items: list[Screening]) -
 
 @router.get("/api/screening/history", response_model=ScreeningPage)
 async def history(t: Clinician, where: Filter, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                  cursor: str | None = None) -> ScreeningPage:
+                  cursor: Text | None = None) -> ScreeningPage:
     try:
         before = domain.decode_cursor(cursor) if cursor else None
     except domain.BadCursor as exc:
@@ -260,18 +261,29 @@ async def get_screening(screening_id: uuid.UUID, t: Clinician) -> Screening:
 # -- policy ----------------------------------------------------------------------------------------------
 
 
+EXPECTED_PREVALENCE = (
+    "Expected fraction of the adults this organisation screens with serum B12 < 200 pg/mL (e.g. 0.10 for a "
+    "geriatric clinic); the model corrects its probabilities to it (prior shift). null: the population the "
+    "model was calibrated on (docs/model.md)")
+
+
 class Policy(BaseModel):
     consent_required: bool = Field(description="Classify is refused without an active consent of consent_type")
     consent_type: str
+    expected_prevalence: float | None = Field(description=EXPECTED_PREVALENCE)
     updated_by: uuid.UUID | None
     updated_at: datetime
 
 
 class PolicyIn(BaseModel):
+    """The whole policy, except ``expected_prevalence``, which is kept as it is when left out (so a client
+    that only knows the consent rules never clears it by accident)."""
+
     model_config = ConfigDict(extra="forbid")
 
     consent_required: bool
     consent_type: str = Field("screening", pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    expected_prevalence: float | None = Field(None, gt=0.0, lt=1.0, description=EXPECTED_PREVALENCE)
 
 
 @router.get("/api/screening/policy", response_model=Policy, tags=["policy"])
@@ -284,11 +296,16 @@ async def get_policy(t: Member) -> Policy:
 async def put_policy(body: PolicyIn, t: Exporter) -> Policy:
     async with t.tx() as conn:
         before = await rs.policy(conn)
+        prevalence = (body.expected_prevalence if "expected_prevalence" in body.model_fields_set
+                      else before["expected_prevalence"])
         row = await rs.set_policy(conn, consent_required=body.consent_required, consent_type=body.consent_type,
-                                  updated_by=t.principal.user_id)
-        if domain.changed_fields(before, body.model_dump()):
+                                  expected_prevalence=prevalence, updated_by=t.principal.user_id)
+        if domain.changed_fields(before, body.model_dump(include={"consent_required", "consent_type"})):
             await t.emit(conn, ev.ConsentPolicyChangedV1(consent_required=body.consent_required,
                                                          consent_type=body.consent_type))
+        if prevalence != before["expected_prevalence"]:
+            await t.emit(conn, ev.ExpectedPrevalenceDeclaredV1(expected_prevalence=prevalence,
+                                                               previous=before["expected_prevalence"]))
     return Policy.model_validate(row)
 
 
@@ -298,8 +315,8 @@ async def put_policy(body: PolicyIn, t: Exporter) -> Policy:
 class AdmissionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    external_id: str = Field(min_length=1, max_length=64)
-    name_ciphertext: str | None = Field(None, description="The gateway's Fernet ciphertext of the name")
+    external_id: Text = Field(min_length=1, max_length=64)
+    name_ciphertext: Text | None = Field(None, description="The gateway's Fernet ciphertext of the name")
     sex: Sex | None = None
     age: float | None = None
 
@@ -307,6 +324,7 @@ class AdmissionIn(BaseModel):
 class Admission(BaseModel):
     patient_id: uuid.UUID
     consent_id: uuid.UUID | None
+    expected_prevalence: float | None = Field(None, description="The policy's, carried into the command")
 
 
 REFUSALS = {
@@ -340,10 +358,12 @@ async def admit(body: AdmissionIn, t: Screener) -> Response:
     # it, outside a transaction. Anything else (a new patient, a refusal) writes, in a tenant transaction.
     async with t.engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        verdict = judge(await rs.admission_facts(conn, body.external_id, schema=t.schema))
+        facts = await rs.admission_facts(conn, body.external_id, schema=t.schema)
+        verdict = judge(facts)
     if not (isinstance(verdict, domain.Admitted) and verdict.patient_id is not None):
         async with t.tx() as conn:
-            verdict = judge(await rs.admission_facts(conn, body.external_id))
+            facts = await rs.admission_facts(conn, body.external_id)
+            verdict = judge(facts)
             if isinstance(verdict, domain.Admitted) and verdict.patient_id is None:
                 verdict = await _create_patient(t, conn, body, name, sex)
             if isinstance(verdict, domain.Refused):
@@ -357,7 +377,8 @@ async def admit(body: AdmissionIn, t: Screener) -> Response:
             content["fields"] = list(verdict.fields)
         return JSONResponse(content, status_code=code)
     assert verdict.patient_id is not None
-    admitted = Admission(patient_id=verdict.patient_id, consent_id=verdict.consent_id)
+    admitted = Admission(patient_id=verdict.patient_id, consent_id=verdict.consent_id,
+                         expected_prevalence=facts["expected_prevalence"])
     return JSONResponse(admitted.model_dump(mode="json"))
 
 

@@ -38,6 +38,7 @@ from shared.events import records as records_ev
 from shared.events import screening as screening_ev
 from shared.events.envelope import derived_event_id
 from shared.events.screening import Sex
+from shared.text import Text
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["internal"])
@@ -100,8 +101,8 @@ def verdict_json(verdict: Verdict) -> dict[str, Any]:
 class AdmissionRowIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    external_id: str = Field(min_length=1, max_length=64)
-    name_ciphertext: str | None = Field(None, description="The gateway's Fernet ciphertext of the name")
+    external_id: Text = Field(min_length=1, max_length=64)
+    name_ciphertext: Text | None = Field(None, description="The gateway's Fernet ciphertext of the name")
     sex: Sex | None = None
     age: float | None = None
 
@@ -123,10 +124,11 @@ def _candidates(rows: list[AdmissionRowIn], vault: PhiVault, org: uuid.UUID) -> 
 
 
 async def _facts(conn: Any, external_ids: list[str]) -> tuple[bool, dict[str, domain.StoredPatient],
-                                                               dict[str, uuid.UUID | None]]:
+                                                               dict[str, uuid.UUID | None], float | None]:
     policy, facts = await store.admission_facts_many(conn, external_ids)
     known = {e: domain.StoredPatient(f["patient_id"], f["name_index"], f["has_name"], f["sex"]) for e, f in facts.items()}
-    return policy["consent_required"], known, {e: f["consent_id"] for e, f in facts.items()}
+    return (policy["consent_required"], known, {e: f["consent_id"] for e, f in facts.items()},
+            policy["expected_prevalence"])
 
 
 @router.post("/internal/admissions/batch")
@@ -138,14 +140,14 @@ async def admit_batch(body: BatchAdmissionIn, t: Screener) -> Response:
     except ValueError:
         return JSONResponse({"detail": "a patient name is not readable with this service's keys"}, 503)
     async with t.tx() as conn:
-        consent_required, known, consents = await _facts(conn, sorted({c.external_id for c in candidates}))
+        consent_required, known, consents, prevalence = await _facts(conn, sorted({c.external_id for c in candidates}))
         verdicts, planned = judge_rows(candidates, consent_required=consent_required, known=known, consents=consents)
         created = await store.insert_patients_if_absent(conn, [
             {"id": patient_id, "external_id": external_id, "sex": c.sex, "age": int(c.age) if c.age is not None else None}
             | _sealed(t, c.name) for external_id, (patient_id, c) in planned.items()], t.principal.user_id)
         raced = sorted(set(planned) - created)
         if raced:  # created meanwhile by another request: judge those rows against the stored patient
-            consent_required, known, consents = await _facts(conn, raced)
+            consent_required, known, consents, prevalence = await _facts(conn, raced)
             positions = [i for i, c in enumerate(candidates) if c.external_id in known]
             again, _ = judge_rows([candidates[i] for i in positions], consent_required=consent_required,
                                   known=known, consents=consents, create=False)
@@ -159,7 +161,8 @@ async def admit_batch(body: BatchAdmissionIn, t: Screener) -> Response:
                 await t.emit(conn, records_ev.ScreeningAdmissionRefusedV1(
                     reason=verdict.reason, patient_id=verdict.patient_id,  # type: ignore[arg-type]
                     fields=list(verdict.fields)))
-    return Response(json.dumps({"results": [verdict_json(v) for v in verdicts]}), media_type="application/json")
+    return Response(json.dumps({"results": [verdict_json(v) for v in verdicts], "expected_prevalence": prevalence}),
+                    media_type="application/json")
 
 
 def _sealed(t: Tenant, name: str | None) -> dict[str, Any]:

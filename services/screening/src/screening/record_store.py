@@ -242,17 +242,18 @@ async def active_consent(conn: AsyncConnection, patient_id: uuid.UUID, consent_t
 
 async def policy(conn: AsyncConnection) -> Row:
     row = _one(await conn.execute(
-        text("SELECT consent_required, consent_type, updated_by, updated_at FROM policy")))
+        text("SELECT consent_required, consent_type, expected_prevalence, updated_by, updated_at FROM policy")))
     assert row is not None, "every tenant schema has its policy row (migration t0002)"
     return row
 
 
 async def set_policy(conn: AsyncConnection, *, consent_required: bool, consent_type: str,
-                     updated_by: uuid.UUID) -> Row:
+                     expected_prevalence: float | None, updated_by: uuid.UUID) -> Row:
     row = _one(await conn.execute(
-        text("UPDATE policy SET consent_required = :r, consent_type = :t, updated_by = :by, updated_at = now() "
-             "RETURNING consent_required, consent_type, updated_by, updated_at"),
-        {"r": consent_required, "t": consent_type, "by": updated_by},
+        text("UPDATE policy SET consent_required = :r, consent_type = :t, expected_prevalence = :p, "
+             "updated_by = :by, updated_at = now() "
+             "RETURNING consent_required, consent_type, expected_prevalence, updated_by, updated_at"),
+        {"r": consent_required, "t": consent_type, "p": expected_prevalence, "by": updated_by},
     ))
     assert row is not None
     return row
@@ -264,7 +265,7 @@ async def set_policy(conn: AsyncConnection, *, consent_required: bool, consent_t
 def _admission_query(schema: str | None) -> str:
     q = f"{quote_schema(schema)}." if schema else ""
     return (
-        "SELECT pol.consent_required, pol.consent_type, p.id AS patient_id, p.name_index, "
+        "SELECT pol.consent_required, pol.consent_type, pol.expected_prevalence, p.id AS patient_id, p.name_index, "
         "p.name_ciphertext IS NOT NULL AS has_name, p.sex, "
         f"(SELECT c.id FROM {q}consents c WHERE c.patient_id = p.id AND c.consent_type = pol.consent_type "
         " AND c.status = 'active' ORDER BY c.recorded_at DESC LIMIT 1) AS consent_id "

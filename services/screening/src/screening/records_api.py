@@ -28,6 +28,7 @@ from screening import record_store as rs
 from screening.access import ADMIN, CLINICIANS, ORG_ROLES, RECORD_KEEPERS, Tenant, tenant, unprocessable
 from shared.events import records as ev
 from shared.events.screening import Sex
+from shared.text import MultilineText, Text
 from shared.tokens import Role
 
 router = APIRouter()
@@ -70,15 +71,15 @@ def _before(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
 
 
 class LabIn(_In):
-    name: str = Field(min_length=1, max_length=200)
-    code: str | None = Field(None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
-    address: str | None = Field(None, max_length=500)
+    name: Text = Field(min_length=1, max_length=200)
+    code: Text | None = Field(None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
+    address: MultilineText | None = Field(None, max_length=500)
 
 
 class LabPatch(_In):
-    name: str | None = Field(None, min_length=1, max_length=200)
-    code: str | None = Field(None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
-    address: str | None = Field(None, max_length=500)
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    code: Text | None = Field(None, min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")
+    address: MultilineText | None = Field(None, max_length=500)
     active: bool | None = Field(None, description="false deactivates the lab (it stays on its records)")
 
 
@@ -149,16 +150,16 @@ async def update_lab(lab_id: uuid.UUID, body: LabPatch, t: Manager) -> Lab:
 
 
 class DoctorIn(_In):
-    name: str = Field(min_length=1, max_length=200)
-    specialty: str | None = Field(None, max_length=200)
-    registration_number: str | None = Field(None, min_length=1, max_length=64)
+    name: Text = Field(min_length=1, max_length=200)
+    specialty: Text | None = Field(None, max_length=200)
+    registration_number: Text | None = Field(None, min_length=1, max_length=64)
     user_id: uuid.UUID | None = Field(None, description="The user (role doctor) this record belongs to")
 
 
 class DoctorPatch(_In):
-    name: str | None = Field(None, min_length=1, max_length=200)
-    specialty: str | None = Field(None, max_length=200)
-    registration_number: str | None = Field(None, min_length=1, max_length=64)
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    specialty: Text | None = Field(None, max_length=200)
+    registration_number: Text | None = Field(None, min_length=1, max_length=64)
     user_id: uuid.UUID | None = None
     active: bool | None = None
 
@@ -242,8 +243,8 @@ async def update_doctor(doctor_id: uuid.UUID, body: DoctorPatch, t: Manager) -> 
 
 
 class PatientIn(_In):
-    external_id: str = EXTERNAL_ID
-    name: str | None = Field(None, min_length=1, max_length=200, description="PHI: stored encrypted")
+    external_id: Text = EXTERNAL_ID
+    name: Text | None = Field(None, min_length=1, max_length=200, description="PHI: stored encrypted")
     age: int | None = Field(None, ge=0, le=130)
     sex: Sex | None = None
     lab_id: uuid.UUID | None = None
@@ -251,8 +252,8 @@ class PatientIn(_In):
 
 
 class PatientPatch(_In):
-    external_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")
-    name: str | None = Field(None, min_length=1, max_length=200,
+    external_id: Text | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")
+    name: Text | None = Field(None, min_length=1, max_length=200,
                              description="PHI; an explicit null removes the name (recorded as a change)")
     age: int | None = Field(None, ge=0, le=130)
     sex: Sex | None = None
@@ -261,7 +262,7 @@ class PatientPatch(_In):
 
 
 class PatientSearch(_In):
-    name: str = Field(min_length=1, max_length=200, description="Exact match after normalising case and spaces")
+    name: Text = Field(min_length=1, max_length=200, description="Exact match after normalising case and spaces")
     limit: int = Field(50, ge=1, le=200)
 
 
@@ -324,7 +325,7 @@ async def create_patient(body: PatientIn, t: Keeper) -> Patient:
 
 @router.get("/api/patients", response_model=PatientPage, tags=["patients"])
 async def list_patients(
-    t: Clinician, limit: Limit = 50, cursor: str | None = None, external_id: str | None = None,
+    t: Clinician, limit: Limit = 50, cursor: Text | None = None, external_id: Text | None = None,
     lab_id: uuid.UUID | None = None, doctor_id: uuid.UUID | None = None,
 ) -> PatientPage:
     async with t.tx() as conn:
@@ -398,11 +399,12 @@ async def update_patient(patient_id: uuid.UUID, body: PatientPatch, t: Keeper) -
 
 class ConsentIn(_In):
     patient_id: uuid.UUID
-    consent_type: str = Field("screening", pattern=r"^[a-z][a-z0-9_]{0,39}$",
+    consent_type: Text = Field("screening", pattern=r"^[a-z][a-z0-9_]{0,39}$",
                               description="What is consented to; the organisation's policy names the type "
                                           "a screening needs (default: screening)")
     method: Literal["verbal", "written", "electronic"]
-    text: str = Field(min_length=1, max_length=10_000, description="The wording consented to; stored encrypted")
+    text: MultilineText = Field(min_length=1, max_length=10_000,
+                                description="The wording consented to; stored encrypted")
 
 
 class Consent(BaseModel):
@@ -443,9 +445,9 @@ async def record_consent(body: ConsentIn, t: Keeper) -> Consent:
 
 @router.get("/api/consents", response_model=ConsentPage, tags=["consents"])
 async def list_consents(
-    t: Clinician, limit: Limit = 50, cursor: str | None = None, patient_id: uuid.UUID | None = None,
+    t: Clinician, limit: Limit = 50, cursor: Text | None = None, patient_id: uuid.UUID | None = None,
     status_: Annotated[Literal["active", "revoked"] | None, Query(alias="status")] = None,
-    consent_type: str | None = None,
+    consent_type: Text | None = None,
 ) -> ConsentPage:
     async with t.tx() as conn:
         rows = await rs.consents(conn, limit=limit, before=_before(cursor), doctor_user=t.doctor_user,

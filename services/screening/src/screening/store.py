@@ -382,7 +382,8 @@ async def admission_facts_many(conn: AsyncConnection, external_ids: list[str]) -
                                                                                           dict[str, dict[str, Any]]]:
     """The policy, and per known patient among ``external_ids`` what the admission check compares: name index,
     whether a name is recorded, sex, the active consent of the policy's type. Two round trips for any count."""
-    policy = (await conn.execute(text("SELECT consent_required, consent_type FROM policy"))).mappings().one()
+    policy = (await conn.execute(text("SELECT consent_required, consent_type, expected_prevalence FROM policy"))
+              ).mappings().one()
     rows = await conn.execute(
         text("SELECT p.external_id, p.id AS patient_id, p.name_index, p.name_ciphertext IS NOT NULL AS has_name, "
              "p.sex, (SELECT c.id FROM consents c WHERE c.patient_id = p.id AND c.consent_type = :type "
