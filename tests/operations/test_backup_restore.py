@@ -23,26 +23,37 @@ from typing import Any
 
 import httpx
 import pytest
+from devstack import infra, stack
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from devstack import infra, stack
 from tests.conftest import HEALTHY_CBC, bearer, login, new_patient_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 SEEDED = 3
 PLATFORM_OVERRIDES = {
-    "CLASSIFY_WAIT_SECONDS": "10", "DEBUG": "false", "JWT_ACCESS_TTL_SECONDS": "3600",
-    "RATE_LIMIT_LOGIN": "100000/minute", "RATE_LIMIT_REFRESH": "100000/minute",
-    "RATE_LIMIT_MFA": "100000/minute", "RATE_LIMIT_DEFAULT": "100000/minute",
+    "CLASSIFY_WAIT_SECONDS": "10",
+    "DEBUG": "false",
+    "JWT_ACCESS_TTL_SECONDS": "3600",
+    "RATE_LIMIT_LOGIN": "100000/minute",
+    "RATE_LIMIT_REFRESH": "100000/minute",
+    "RATE_LIMIT_MFA": "100000/minute",
+    "RATE_LIMIT_DEFAULT": "100000/minute",
 }
 
 
 def ops(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clinomic_ops.cli", *args], env=env, capture_output=True,
-                          text=True, input=stdin, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "clinomic_ops.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=600,
+        check=False,
+    )
 
 
 def ok(response: httpx.Response, status: int = 200) -> Any:
@@ -98,36 +109,68 @@ async def admin_engine(platform: stack.Platform) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="module")
-async def drill(platform: stack.Platform, gateway: httpx.AsyncClient, lab: dict[str, str],
-                engine: AsyncEngine, admin_engine: AsyncEngine) -> AsyncIterator[Drill]:
+async def drill(
+    platform: stack.Platform,
+    gateway: httpx.AsyncClient,
+    lab: dict[str, str],
+    engine: AsyncEngine,
+    admin_engine: AsyncEngine,
+) -> AsyncIterator[Drill]:
     d = Drill()
     work = d.work = Path(tempfile.mkdtemp(prefix="clinomic-drill-"))
     # -- seed: patients with names and consents, screened through the gateway --------------------------------
     screening_ids = []
     for i in range(SEEDED):
         external = new_patient_id()
-        patient = ok(await gateway.post("/api/patients", headers=lab,
-                                        json={"external_id": external, "name": f"Drill Patient {i} Ørsted"}), 201)
-        ok(await gateway.post("/api/consents", headers=lab, json={
-            "patient_id": patient["id"], "method": "written", "text": f"Consent {i} to B12 screening."}), 201)
-        screening = ok(await gateway.post("/api/screening/classify", headers=lab, json={
-            "patient": {"external_id": external}, "cbc": HEALTHY_CBC}))
+        patient = ok(
+            await gateway.post(
+                "/api/patients",
+                headers=lab,
+                json={"external_id": external, "name": f"Drill Patient {i} Ørsted"},
+            ),
+            201,
+        )
+        ok(
+            await gateway.post(
+                "/api/consents",
+                headers=lab,
+                json={
+                    "patient_id": patient["id"],
+                    "method": "written",
+                    "text": f"Consent {i} to B12 screening.",
+                },
+            ),
+            201,
+        )
+        screening = ok(
+            await gateway.post(
+                "/api/screening/classify",
+                headers=lab,
+                json={"patient": {"external_id": external}, "cbc": HEALTHY_CBC},
+            )
+        )
         screening_ids.append(screening["id"])
         d.patients.append(patient)
     for patient in d.patients:
-        d.history[patient["id"]] = ok(await gateway.get(
-            "/api/screening/history", headers=lab, params={"patient_id": patient["id"]}))
+        d.history[patient["id"]] = ok(
+            await gateway.get("/api/screening/history", headers=lab, params={"patient_id": patient["id"]})
+        )
     auditor = bearer(await login(gateway, "auditor_demo"))
     d.chain_id = ok(await gateway.get("/api/audit", headers=auditor, params={"limit": 1}))["chain_id"]
 
     # -- wait until the ledger holds every seeded screening and a signed head covers them -----------------
     async def covered() -> int | None:
         async with engine.connect() as conn:
-            seqs = [await conn.scalar(text(
-                "SELECT max(seq) FROM audit.entries WHERE chain_id = :c AND :s = ANY(refs)"),
-                {"c": d.chain_id, "s": sid}) for sid in screening_ids]
-            head = await conn.scalar(text("SELECT max(tree_size) FROM audit.tree_heads WHERE chain_id = :c"),
-                                     {"c": d.chain_id})
+            seqs = [
+                await conn.scalar(
+                    text("SELECT max(seq) FROM audit.entries WHERE chain_id = :c AND :s = ANY(refs)"),
+                    {"c": d.chain_id, "s": sid},
+                )
+                for sid in screening_ids
+            ]
+            head = await conn.scalar(
+                text("SELECT max(tree_size) FROM audit.tree_heads WHERE chain_id = :c"), {"c": d.chain_id}
+            )
         if any(s is None for s in seqs) or head is None or head < max(seqs):
             return None
         return int(head)
@@ -147,21 +190,29 @@ async def drill(platform: stack.Platform, gateway: httpx.AsyncClient, lab: dict[
     d.head = manifest["audit"]["chains"][d.chain_id]["newest_tree_head"]
     size = d.head["tree_size"]
     for seq in sorted({1, max(1, size // 2), size}):
-        d.proofs[seq] = ok(await gateway.get(f"/api/audit/entries/{seq}/proof", headers=auditor,
-                                             params={"tree_size": size}))
-    d.consistency = ok(await gateway.get("/api/audit/consistency", headers=auditor,
-                                         params={"first": max(1, size // 2), "second": size}))
+        d.proofs[seq] = ok(
+            await gateway.get(f"/api/audit/entries/{seq}/proof", headers=auditor, params={"tree_size": size})
+        )
+    d.consistency = ok(
+        await gateway.get(
+            "/api/audit/consistency", headers=auditor, params={"first": max(1, size // 2), "second": size}
+        )
+    )
     d.public_key_pem = (await gateway.get("/api/audit/public-key.pem", headers=auditor)).text
 
     # -- restore into a fresh database, as a second deployment would --------------------------------------
     database = f"restore_{uuid.uuid4().hex[:12]}"
-    d.restored_dsn = make_url(platform.env["DATABASE_URL"]).set(database=database).render_as_string(
-        hide_password=False)
+    d.restored_dsn = (
+        make_url(platform.env["DATABASE_URL"]).set(database=database).render_as_string(hide_password=False)
+    )
     state = work / "restored"
     state.mkdir()
     original_state = platform.logs["gateway"].parent.parent
     shutil.copy(original_state / "dev.env", state / "dev.env")  # the keys, kept apart from the backup
-    d.env = platform.env | {"DATABASE_URL": d.restored_dsn, "AUDIT_TREE_HEAD_DIR": str(state / "audit-tree-heads")}
+    d.env = platform.env | {
+        "DATABASE_URL": d.restored_dsn,
+        "AUDIT_TREE_HEAD_DIR": str(state / "audit-tree-heads"),
+    }
     started = time.perf_counter()
     result = ops("restore", str(d.backup), env=d.env)
     d.restore_seconds = time.perf_counter() - started
@@ -203,21 +254,29 @@ def test_restore_reports_every_verification(drill: Drill) -> None:
     assert "may only SELECT and INSERT the ledger" in out
     assert "audit chain(s) verify" in out
     assert "decrypt with the configured keys" in out
-    print(f"\nbackup: {drill.backup_bytes} bytes in {drill.backup_seconds:.1f} s ({drill.backup_summary}); "
-          f"restore + verification: {drill.restore_seconds:.1f} s")
+    print(
+        f"\nbackup: {drill.backup_bytes} bytes in {drill.backup_seconds:.1f} s ({drill.backup_summary}); "
+        f"restore + verification: {drill.restore_seconds:.1f} s"
+    )
 
 
-async def test_restored_platform_serves_the_same_history(drill: Drill, restored_gateway: httpx.AsyncClient) -> None:
+async def test_restored_platform_serves_the_same_history(
+    drill: Drill, restored_gateway: httpx.AsyncClient
+) -> None:
     lab = bearer(await login(restored_gateway, "lab_demo"))
     for patient in drill.patients:
-        again = ok(await restored_gateway.get("/api/screening/history", headers=lab,
-                                              params={"patient_id": patient["id"]}))
+        again = ok(
+            await restored_gateway.get(
+                "/api/screening/history", headers=lab, params={"patient_id": patient["id"]}
+            )
+        )
         assert again == drill.history[patient["id"]]
         assert again["items"] and again["items"][0]["patient_name"].startswith("Drill Patient")
 
 
-async def test_restored_platform_serves_the_same_audit_proofs(drill: Drill,
-                                                              restored_gateway: httpx.AsyncClient) -> None:
+async def test_restored_platform_serves_the_same_audit_proofs(
+    drill: Drill, restored_gateway: httpx.AsyncClient
+) -> None:
     from audit.merkle import load_public_key, verify_consistency, verify_inclusion, verify_tree_head
 
     auditor = bearer(await login(restored_gateway, "auditor_demo"))
@@ -225,15 +284,31 @@ async def test_restored_platform_serves_the_same_audit_proofs(drill: Drill,
     assert verify_tree_head(drill.head, public_key)
     size, root = drill.head["tree_size"], bytes.fromhex(drill.head["root_hash"])
     for seq, original in drill.proofs.items():
-        again = ok(await restored_gateway.get(f"/api/audit/entries/{seq}/proof", headers=auditor,
-                                              params={"tree_size": size}))
+        again = ok(
+            await restored_gateway.get(
+                f"/api/audit/entries/{seq}/proof", headers=auditor, params={"tree_size": size}
+            )
+        )
         assert again == original
-        assert verify_inclusion(bytes.fromhex(again["leaf_hash"]), seq - 1, size,
-                                [bytes.fromhex(h) for h in again["proof"]], root, is_hash=True)
+        assert verify_inclusion(
+            bytes.fromhex(again["leaf_hash"]),
+            seq - 1,
+            size,
+            [bytes.fromhex(h) for h in again["proof"]],
+            root,
+            is_hash=True,
+        )
     first = max(1, size // 2)
-    again = ok(await restored_gateway.get("/api/audit/consistency", headers=auditor,
-                                          params={"first": first, "second": size}))
+    again = ok(
+        await restored_gateway.get(
+            "/api/audit/consistency", headers=auditor, params={"first": first, "second": size}
+        )
+    )
     assert again == drill.consistency
+    assert again["second_root"] == drill.head["root_hash"]
+    assert verify_consistency(
+        first, size, bytes.fromhex(again["first_root"]), root, [bytes.fromhex(h) for h in again["proof"]]
+    )
     verified = ok(await restored_gateway.get("/api/audit/verify", headers=auditor))
     assert verified["ok"], verified
 
@@ -253,8 +328,9 @@ def _fresh_target(drill: Drill, **env: str) -> tuple[str, dict[str, str]]:
     return name, drill.env | {"DATABASE_URL": dsn, "AUDIT_TREE_HEAD_DIR": str(heads)} | env
 
 
-async def test_restore_refuses_a_corrupt_backup_and_changes_nothing(drill: Drill, admin_engine: AsyncEngine,
-                                                                    tmp_path: Path) -> None:
+async def test_restore_refuses_a_corrupt_backup_and_changes_nothing(
+    drill: Drill, admin_engine: AsyncEngine, tmp_path: Path
+) -> None:
     copy = tmp_path / drill.backup.name
     shutil.copytree(drill.backup, copy)
     dump = copy / "database.dump"
@@ -270,7 +346,9 @@ async def test_restore_refuses_a_corrupt_backup_and_changes_nothing(drill: Drill
     assert ops("verify-backup", str(drill.backup), env=env).returncode == 0
 
 
-async def test_restore_refuses_a_wrong_phi_key_and_changes_nothing(drill: Drill, admin_engine: AsyncEngine) -> None:
+async def test_restore_refuses_a_wrong_phi_key_and_changes_nothing(
+    drill: Drill, admin_engine: AsyncEngine
+) -> None:
     from cryptography.fernet import Fernet
 
     name, env = _fresh_target(drill, MASTER_ENCRYPTION_KEY=Fernet.generate_key().decode())
@@ -280,8 +358,9 @@ async def test_restore_refuses_a_wrong_phi_key_and_changes_nothing(drill: Drill,
     assert not await database_exists(admin_engine, name)
 
 
-async def test_restore_refuses_a_wrong_audit_key_and_changes_nothing(drill: Drill,
-                                                                     admin_engine: AsyncEngine) -> None:
+async def test_restore_refuses_a_wrong_audit_key_and_changes_nothing(
+    drill: Drill, admin_engine: AsyncEngine
+) -> None:
     name, env = _fresh_target(drill, AUDIT_SIGNING_KEY="x" * 48)
     result = ops("restore", str(drill.backup), env=env)
     assert result.returncode == 1
@@ -290,7 +369,9 @@ async def test_restore_refuses_a_wrong_audit_key_and_changes_nothing(drill: Dril
 
 
 def test_commands_fail_clearly_when_the_database_is_unreachable(drill: Drill, tmp_path: Path) -> None:
-    env = drill.env | {"DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{infra.free_port()}/clinomic"}
+    env = drill.env | {
+        "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{infra.free_port()}/clinomic"
+    }
     for args in (("restore", str(drill.backup)), ("backup", str(tmp_path))):
         result = ops(*args, env=env)
         assert result.returncode == 1, result
@@ -299,8 +380,9 @@ def test_commands_fail_clearly_when_the_database_is_unreachable(drill: Drill, tm
     assert not any(tmp_path.iterdir())
 
 
-async def test_restore_with_force_replaces_a_database_after_confirmation(drill: Drill,
-                                                                         admin_engine: AsyncEngine) -> None:
+async def test_restore_with_force_replaces_a_database_after_confirmation(
+    drill: Drill, admin_engine: AsyncEngine
+) -> None:
     name, env = _fresh_target(drill)
     try:
         first = ops("restore", str(drill.backup), env=env)

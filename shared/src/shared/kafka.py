@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from shared.deadletter import DEAD_LETTER_TOPIC, guarded
 from shared.events.envelope import Envelope
+from shared.events.records import RECORDS_TOPIC
 from shared.events.topics import Topic
 from shared.settings import CommonSettings
 
@@ -178,14 +179,19 @@ def every_event_from_now(settings: CommonSettings, name: str) -> dict[str, Any]:
     }
 
 
+#: Every topic the platform publishes to.
+PLATFORM_TOPICS = [*(t.value for t in Topic), RECORDS_TOPIC, DEAD_LETTER_TOPIC]
+
+
 async def ensure_topics(bootstrap_servers: str, topics: list[str] | None = None, *, partitions: int) -> None:
-    """Create the platform's topics (by default every :class:`Topic` and the dead-letter topic) if they do not
-    exist yet (idempotent; safe on every start)."""
+    """Create the platform's topics (by default every :class:`Topic`, the records topic and the dead-letter
+    topic) if they do not exist yet (idempotent; safe on every start). Created up front, none of them appears
+    later and costs the audit ledger's pattern subscription another rejoin."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [t for t in (topics or [*(t.value for t in Topic), DEAD_LETTER_TOPIC]) if t not in existing]
+        wanted = [t for t in (topics or PLATFORM_TOPICS) if t not in existing]
         if wanted:
             try:
                 await admin.create_topics(

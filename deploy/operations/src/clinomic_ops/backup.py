@@ -50,8 +50,15 @@ def sha256_file(path: Path, progress: Any = None, chunk: int = 1 << 20) -> str:
 def bar(total: int | None, desc: str, unit: str = "it", *, enabled: bool | None, **kw: Any) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled if enabled is not None else None,
-                file=sys.stderr, leave=False, **kw)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled if enabled is not None else None,
+        file=sys.stderr,
+        leave=False,
+        **kw,
+    )
 
 
 async def connect(dsn: str) -> Any:
@@ -118,8 +125,13 @@ def _cut_tree_heads(
 
 
 async def backup(
-    dsn: str, dest: Path, *, tree_head_dir: Path | None, progress: bool | None = None,
-    compression: int = 6, name: str | None = None,
+    dsn: str,
+    dest: Path,
+    *,
+    tree_head_dir: Path | None,
+    progress: bool | None = None,
+    compression: int = 6,
+    name: str | None = None,
 ) -> BackupResult:
     started = time.perf_counter()
     now = datetime.now(UTC)
@@ -132,7 +144,7 @@ async def backup(
     dest.mkdir(parents=True, exist_ok=True)
     work = dest / f".{final.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work.mkdir(mode=0o700)  # the dump holds PHI ciphertexts and clinical data: owner only
     try:
         server_num = int(await pg.fetchval("SHOW server_version_num"))
         server_version = await pg.fetchval("SHOW server_version")
@@ -141,7 +153,9 @@ async def backup(
         await transaction.start()
         try:
             snapshot = await pg.fetchval("SELECT pg_export_snapshot()")
-            snapshot_at = await pg.fetchval("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            snapshot_at = await pg.fetchval(
+                "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+            )
             in_schemas = await platform.schemas(pg)
             in_tables = await platform.tables(pg, in_schemas)
             with bar(len(in_tables), "counting rows", "table", enabled=progress) as counting:
@@ -156,13 +170,21 @@ async def backup(
             mark = time.perf_counter()
             dump_path = work / DUMP_FILE
             with bar(len(in_tables), "pg_dump", "table", enabled=progress) as dumping:
+
                 def on_line(line: str) -> None:
                     if "dumping contents of table" in line:
                         dumping.update(1)
 
                 run_with_progress(
-                    [str(pg_dump.path), "--format=custom", f"--compress={compression}", "--verbose",
-                     f"--snapshot={snapshot}", "--file", str(dump_path)],
+                    [
+                        str(pg_dump.path),
+                        "--format=custom",
+                        f"--compress={compression}",
+                        "--verbose",
+                        f"--snapshot={snapshot}",
+                        "--file",
+                        str(dump_path),
+                    ],
                     libpq_env(dsn),
                     on_line=on_line,
                     what="pg_dump",
@@ -180,12 +202,16 @@ async def backup(
 
     mark = time.perf_counter()
     files = sorted(p for p in work.rglob("*") if p.is_file())
+    for path in [*files, *(p for p in work.rglob("*") if p.is_dir())]:
+        path.chmod(0o600 if path.is_file() else 0o700)
     total = sum(p.stat().st_size for p in files)
     entries: dict[str, dict[str, Any]] = {}
     with bar(total, "checksums", "B", enabled=progress, unit_scale=True) as summing:
         for path in files:
             entries[path.relative_to(work).as_posix()] = {
-                "bytes": path.stat().st_size, "sha256": sha256_file(path, summing)}
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path, summing),
+            }
     timings["checksum_seconds"] = round(time.perf_counter() - mark, 3)
     manifest = {
         "format": FORMAT,
@@ -210,8 +236,12 @@ async def backup(
         "roles": roles,
         "audit": {
             "chains": {
-                chain_id: {**info, "newest_tree_head": json.loads(info["newest_tree_head"])
-                           if info["newest_tree_head"] else None}
+                chain_id: {
+                    **info,
+                    "newest_tree_head": json.loads(info["newest_tree_head"])
+                    if info["newest_tree_head"]
+                    else None,
+                }
                 for chain_id, info in chains.items()
             },
             "tree_head_log": heads_summary,
@@ -219,9 +249,10 @@ async def backup(
         "phi_key_ids": phi,
         "files": entries,
         "keys": "not included: back MASTER_ENCRYPTION_KEY, PHI_BLIND_INDEX_KEY, AUDIT_SIGNING_KEY(S), "
-                "AUDIT_TREE_HEAD_KEY and the other secrets up separately (docs/operations.md)",
+        "AUDIT_TREE_HEAD_KEY and the other secrets up separately (docs/operations.md)",
     }
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (work / MANIFEST).chmod(0o600)
     fd = os.open(work, os.O_RDONLY)
     try:
         os.fsync(fd)

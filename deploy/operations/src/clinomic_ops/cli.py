@@ -31,11 +31,15 @@ app = typer.Typer(
 
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="Admin URL of the platform's database (default: DATABASE_URL / POSTGRES_*)."),
+    typer.Option(
+        "--database-url", help="Admin URL of the platform's database (default: DATABASE_URL / POSTGRES_*)."
+    ),
 ]
 TreeHeadDir = Annotated[
     Path | None,
-    typer.Option("--tree-head-dir", help="The audit ledger's external tree-head log (default: AUDIT_TREE_HEAD_DIR)."),
+    typer.Option(
+        "--tree-head-dir", help="The audit ledger's external tree-head log (default: AUDIT_TREE_HEAD_DIR)."
+    ),
 ]
 Progress = Annotated[
     bool | None,
@@ -79,14 +83,19 @@ def backup(
 
     heads = _tree_head_dir(tree_head_dir)
     try:
-        result = asyncio.run(run_backup(_dsn(database_url), dest, tree_head_dir=heads, progress=progress,
-                                        compression=compression))
+        result = asyncio.run(
+            run_backup(
+                _dsn(database_url), dest, tree_head_dir=heads, progress=progress, compression=compression
+            )
+        )
     except OpsError as exc:
         raise _fail(f"backup FAILED: {exc}") from None
-    except Exception as exc:  # an unexpected failure still ends in one clear line and a non-zero status
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure still ends in one clear line and a non-zero status
         raise _fail(f"backup FAILED: {type(exc).__name__}: {exc}") from None
     if heads is None:
-        typer.echo("warning: AUDIT_TREE_HEAD_DIR is not set: the backup holds no external tree-head log", err=True)
+        typer.echo(
+            "warning: AUDIT_TREE_HEAD_DIR is not set: the backup holds no external tree-head log", err=True
+        )
     manifest = result.manifest
     summary = {
         "backup": str(result.path),
@@ -121,8 +130,10 @@ def verify_backup(
         check_files(backup_dir, manifest, progress)
     except OpsError as exc:
         raise _fail(str(exc)) from None
-    typer.echo(f"{backup_dir}: {len(manifest['files'])} file(s) match the manifest "
-               f"(taken {manifest['snapshot_at']}, {len(manifest['tables'])} tables)")
+    typer.echo(
+        f"{backup_dir}: {len(manifest['files'])} file(s) match the manifest "
+        f"(taken {manifest['snapshot_at']}, {len(manifest['tables'])} tables)"
+    )
 
 
 @app.command()
@@ -130,11 +141,18 @@ def restore(
     backup_dir: Annotated[Path, typer.Argument(help="A backup directory written by `clinomic-ops backup`.")],
     database_url: DatabaseUrl = None,
     tree_head_dir: TreeHeadDir = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace the contents of a database that is not empty.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before replacing (with --force).")] = False,
-    sample: Annotated[int, typer.Option(min=1, help="Names and consent texts decrypted per tenant to verify.")] = 20,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the contents of a database that is not empty.")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before replacing (with --force).")
+    ] = False,
+    sample: Annotated[
+        int, typer.Option(min=1, help="Names and consent texts decrypted per tenant to verify.")
+    ] = 20,
     verify_workers: Annotated[
-        int | None, typer.Option(min=1, help="Processes for verifying long audit chains (default: one per CPU).")
+        int | None,
+        typer.Option(min=1, help="Processes for verifying long audit chains (default: one per CPU)."),
     ] = None,
     progress: Progress = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -153,27 +171,49 @@ def restore(
         return typer.confirm(question, default=False)
 
     try:
-        report = asyncio.run(run_restore(
-            backup_dir, _dsn(database_url), tree_head_dir=_tree_head_dir(tree_head_dir), force=force,
-            confirm=confirm, sample=sample, progress=progress, audit_password=os.environ.get("AUDIT_DB_PASSWORD"),
-            verify_workers=verify_workers))
+        report = asyncio.run(
+            run_restore(
+                backup_dir,
+                _dsn(database_url),
+                tree_head_dir=_tree_head_dir(tree_head_dir),
+                force=force,
+                confirm=confirm,
+                sample=sample,
+                progress=progress,
+                audit_password=os.environ.get("AUDIT_DB_PASSWORD"),
+                verify_workers=verify_workers,
+            )
+        )
     except OpsError as exc:
         raise _fail(f"restore FAILED: {exc}") from None
-    except Exception as exc:  # an unexpected failure still ends in one clear line and a non-zero status
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure still ends in one clear line and a non-zero status
         raise _fail(f"restore FAILED: {type(exc).__name__}: {exc}") from None
     if json_output:
-        typer.echo(json.dumps({"ok": report.ok, "changed": report.changed, "database": report.database,
-                               "steps": report.steps, "problems": report.problems, "chains": report.chains,
-                               "migrated": report.migrated, "names_checked": report.names_checked,
-                               "seconds": round(report.seconds, 2)}))
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "changed": report.changed,
+                    "database": report.database,
+                    "steps": report.steps,
+                    "problems": report.problems,
+                    "chains": report.chains,
+                    "migrated": report.migrated,
+                    "names_checked": report.names_checked,
+                    "seconds": round(report.seconds, 2),
+                }
+            )
+        )
     else:
         for step in report.steps:
             typer.echo(f"  {step}")
     if not report.ok:
         for problem in report.problems:
             typer.echo(f"  problem: {problem}", err=True)
-        raise _fail(f"restore FAILED verification of {report.database}; the database was changed and must not "
-                    "be used as it is")
+        raise _fail(
+            f"restore FAILED verification of {report.database}; the database was changed and must not "
+            "be used as it is"
+        )
     if not json_output:
         typer.echo(f"restore of {backup_dir} into {report.database} verified in {report.seconds:.1f} s")
 

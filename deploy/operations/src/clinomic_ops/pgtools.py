@@ -82,7 +82,9 @@ _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 def binary_version(path: Path) -> Binary | None:
     try:
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = _VERSION.search(out)

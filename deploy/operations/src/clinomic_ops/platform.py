@@ -22,11 +22,20 @@ AUDIT_SCHEMA = "audit"
 #: The audit ledger's group role (SELECT and INSERT only), as created by ``clinomic-audit provision``.
 AUDIT_WRITER_ROLE = "clinomic_audit_writer"
 DISTRIBUTIONS = (
-    "clinomic-shared", "clinomic-auth", "clinomic-gateway", "clinomic-inference", "clinomic-screening",
-    "clinomic-audit", "clinomic-devstack", "clinomic-ops",
+    "clinomic-shared",
+    "clinomic-auth",
+    "clinomic-gateway",
+    "clinomic-inference",
+    "clinomic-screening",
+    "clinomic-audit",
+    "clinomic-devstack",
+    "clinomic-ops",
 )
 #: Patient names and consent texts: table, ciphertext column, key-id column (as screening.store has them).
-ENCRYPTED_COLUMNS = (("patients", "name_ciphertext", "name_key_id"), ("consents", "text_ciphertext", "text_key_id"))
+ENCRYPTED_COLUMNS = (
+    ("patients", "name_ciphertext", "name_key_id"),
+    ("consents", "text_ciphertext", "text_key_id"),
+)
 
 
 def _package_dir(package: str) -> Path:
@@ -116,7 +125,9 @@ async def revisions(pg: Any, in_schemas: list[str]) -> dict[str, str | None]:
             schema,
         )
         if exists:
-            found[schema] = await pg.fetchval(f"SELECT version_num FROM {qident(schema)}.alembic_version LIMIT 1")
+            found[schema] = await pg.fetchval(
+                f"SELECT version_num FROM {qident(schema)}.alembic_version LIMIT 1"
+            )
     return found
 
 
@@ -171,8 +182,12 @@ async def audit_chains(pg: Any) -> dict[str, dict[str, Any]]:
             "ORDER BY seq DESC LIMIT 1",
             chain_id,
         )
-        key_ids = [r[0] for r in await pg.fetch(
-            "SELECT DISTINCT key_id FROM audit.entries WHERE chain_id = $1 ORDER BY 1", chain_id)]
+        key_ids = [
+            r[0]
+            for r in await pg.fetch(
+                "SELECT DISTINCT key_id FROM audit.entries WHERE chain_id = $1 ORDER BY 1", chain_id
+            )
+        ]
         head = await pg.fetchval(
             "SELECT head FROM audit.tree_heads WHERE chain_id = $1 "
             "ORDER BY tree_size DESC, timestamp_ms DESC LIMIT 1",
@@ -181,7 +196,9 @@ async def audit_chains(pg: Any) -> dict[str, dict[str, Any]]:
         chains[chain_id] = {
             "size": int(last["seq"]) if last else 0,
             "key_ids": key_ids,
-            "last_entry": None if last is None else {
+            "last_entry": None
+            if last is None
+            else {
                 "seq": int(last["seq"]),
                 "key_id": last["key_id"],
                 "prev_hash": bytes(last["prev_hash"]).hex(),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac as hmac_lib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ class Keys:
 
         try:
             audit = AuditSettings()
-            return cls(PhiCipher(ScreeningSettings().phi_keys()), audit.hmac_keys(), audit.tree_head_public_keys())
+            return cls(
+                PhiCipher(ScreeningSettings().phi_keys()), audit.hmac_keys(), audit.tree_head_public_keys()
+            )
         except SecretProblem as problem:
             raise OpsError(f"keys: {problem}") from None
 
@@ -111,7 +114,9 @@ def check_files(backup: Path, manifest: dict[str, Any], progress: bool | None) -
                 problems.append(f"{name} is missing")
                 continue
             if path.stat().st_size != int(expected["bytes"]):
-                problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
+                problems.append(
+                    f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}"
+                )
                 checking.update(int(expected["bytes"]))
                 continue
             if sha256_file(path, checking) != expected["sha256"]:
@@ -139,17 +144,23 @@ def check_keys(manifest: dict[str, Any], keys: Keys) -> None:
         if last:
             key = keys.hmac.get(last["key_id"])
             if key is None:
-                problems.append(f"audit chain {chain_id} is sealed with HMAC key id {last['key_id']!r}, which is "
-                                "not configured (AUDIT_KEY_ID/AUDIT_SIGNING_KEYS)")
+                problems.append(
+                    f"audit chain {chain_id} is sealed with HMAC key id {last['key_id']!r}, which is "
+                    "not configured (AUDIT_KEY_ID/AUDIT_SIGNING_KEYS)"
+                )
             else:
                 mac = entry_hmac(key, bytes.fromhex(last["prev_hash"]), bytes.fromhex(last["entry_hash"]))
                 if not hmac_lib.compare_digest(mac.hex(), last["hmac"]):
-                    problems.append(f"AUDIT_SIGNING_KEY(S) for key id {last['key_id']!r} is not the key that "
-                                    f"sealed audit chain {chain_id}")
+                    problems.append(
+                        f"AUDIT_SIGNING_KEY(S) for key id {last['key_id']!r} is not the key that "
+                        f"sealed audit chain {chain_id}"
+                    )
         head = chain.get("newest_tree_head")
         if head and not any(verify_tree_head(head, k) for k in keys.tree_head_public):
-            problems.append(f"the newest tree head of audit chain {chain_id} does not verify under the configured "
-                            "tree-head keys (AUDIT_TREE_HEAD_KEY, AUDIT_TREE_HEAD_PUBLIC_KEYS)")
+            problems.append(
+                f"the newest tree head of audit chain {chain_id} does not verify under the configured "
+                "tree-head keys (AUDIT_TREE_HEAD_KEY, AUDIT_TREE_HEAD_PUBLIC_KEYS)"
+            )
     if problems:
         raise OpsError("wrong keys for this backup, nothing was restored: " + "; ".join(problems))
 
@@ -159,7 +170,9 @@ async def _server(admin_dsn: str) -> tuple[int, bool]:
     pg = await connect(with_database(admin_dsn, "postgres"))
     try:
         num = int(await pg.fetchval("SHOW server_version_num"))
-        exists = bool(await pg.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database_name(admin_dsn)))
+        exists = bool(
+            await pg.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database_name(admin_dsn))
+        )
         return num, exists
     finally:
         await pg.close()
@@ -188,12 +201,14 @@ async def _wipe(dsn: str, schemas: list[str]) -> None:
         async with pg.transaction():
             for schema in schemas:
                 if schema == "public":
-                    for (name, kind) in await pg.fetch(
+                    for name, kind in await pg.fetch(
                         "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                         "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
                     ):
                         what = {"v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE", "f": "FOREIGN TABLE"}
-                        await pg.execute(f"DROP {what.get(kind, 'TABLE')} IF EXISTS public.{platform.qident(name)} CASCADE")
+                        await pg.execute(
+                            f"DROP {what.get(kind, 'TABLE')} IF EXISTS public.{platform.qident(name)} CASCADE"
+                        )
                 else:
                     await pg.execute(f"DROP SCHEMA {platform.qident(schema)} CASCADE")
     finally:
@@ -208,8 +223,9 @@ async def _create_database(admin_dsn: str) -> None:
         await pg.close()
 
 
-async def _restore_roles(dsn: str, roles: list[dict[str, Any]], audit_password: str | None,
-                         report: RestoreReport) -> None:
+async def _restore_roles(
+    dsn: str, roles: list[dict[str, Any]], audit_password: str | None, report: RestoreReport
+) -> None:
     """Create the roles the dump grants to. The audit ledger's login roles go through the audit service's own
     provisioning (LOGIN, no privileged attribute, member of the writer group); every other role is created
     without SUPERUSER, CREATEROLE, CREATEDB or BYPASSRLS, whatever it had, and without a password."""
@@ -231,8 +247,7 @@ async def _restore_roles(dsn: str, roles: list[dict[str, Any]], audit_password: 
                 report.note(f"role {role['name']} created")
         for role in roles:
             for group in role["member_of"]:
-                member = await pg.fetchval(
-                    "SELECT pg_has_role($1, $2, 'MEMBER')", role["name"], group)
+                member = await pg.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", role["name"], group)
                 if not member:
                     await pg.execute(f"GRANT {platform.qident(group)} TO {platform.qident(role['name'])}")
     finally:
@@ -254,20 +269,23 @@ def _write_tree_heads(backup: Path, target: Path, report: RestoreReport) -> None
         existing = set()
         if (target / path.name).exists():
             existing = set((target / path.name).read_text(encoding="utf-8").splitlines())
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip() and line not in existing:
-                fd_path = target / path.name
-                with fd_path.open("a", encoding="utf-8") as handle:
-                    handle.write(line + "\n")
-                    handle.flush()
-                    import os
-
-                    os.fsync(handle.fileno())
-                added += 1
+        missing = [
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and line not in existing
+        ]
+        if missing:
+            with (target / path.name).open("a", encoding="utf-8") as handle:
+                handle.write("".join(f"{line}\n" for line in missing))
+                handle.flush()
+                os.fsync(handle.fileno())
+        added += len(missing)
     report.note(f"external tree-head log {log.directory}: {added} head(s) written")
 
 
-async def _check_counts(dsn: str, manifest: dict[str, Any], report: RestoreReport, progress: bool | None) -> None:
+async def _check_counts(
+    dsn: str, manifest: dict[str, Any], report: RestoreReport, progress: bool | None
+) -> None:
     expected: dict[str, int] = manifest.get("tables") or {}
     pg = await connect(dsn)
     try:
@@ -345,8 +363,15 @@ async def _check_audit_role(dsn: str, roles: list[dict[str, Any]], report: Resto
         await engine.dispose()
 
 
-async def _check_chains(dsn: str, manifest: dict[str, Any], keys: Keys, tree_head_dir: Path,
-                        report: RestoreReport, progress: bool | None, workers: int | None) -> None:
+async def _check_chains(
+    dsn: str,
+    manifest: dict[str, Any],
+    keys: Keys,
+    tree_head_dir: Path,
+    report: RestoreReport,
+    progress: bool | None,
+    workers: int | None,
+) -> None:
     from audit import checker, store
     from audit.treeheads import TreeHeadLog
     from shared.db import create_engine
@@ -356,27 +381,47 @@ async def _check_chains(dsn: str, manifest: dict[str, Any], keys: Keys, tree_hea
     pool = checker.VerifierPool(dsn, workers)
     log = TreeHeadLog(tree_head_dir)
     try:
-        with bar(sum(c["size"] for c in chains.values()), "verifying audit chains", "entry",
-                 enabled=progress, unit_scale=True) as verifying:
+        with bar(
+            sum(c["size"] for c in chains.values()),
+            "verifying audit chains",
+            "entry",
+            enabled=progress,
+            unit_scale=True,
+        ) as verifying:
             for chain_id, expected in sorted(chains.items()):
                 result = await checker.check_chain(
-                    engine, chain_id, hmac_keys=keys.hmac, public_keys=keys.tree_head_public, head_log=log, pool=pool)
+                    engine,
+                    chain_id,
+                    hmac_keys=keys.hmac,
+                    public_keys=keys.tree_head_public,
+                    head_log=log,
+                    pool=pool,
+                )
                 verifying.update(expected["size"])
                 async with engine.connect() as conn:
                     size, newest = await store.size_and_latest_head(conn, chain_id)
-                summary = {"ok": result.ok, "entries": result.checked, "tree_heads": result.tree_heads_checked,
-                           "external_tree_heads": result.external_tree_heads, "seconds": result.seconds}
+                summary = {
+                    "ok": result.ok,
+                    "entries": result.checked,
+                    "tree_heads": result.tree_heads_checked,
+                    "external_tree_heads": result.external_tree_heads,
+                    "seconds": result.seconds,
+                }
                 report.chains[chain_id] = summary
                 if not result.ok:
                     report.problems.append(
                         f"audit chain {chain_id} does not verify: {result.reason or 'problem'} at "
-                        f"{result.first_broken_seq}; " + "; ".join(result.problems))
+                        f"{result.first_broken_seq}; " + "; ".join(result.problems)
+                    )
                 if size != expected["size"]:
-                    report.problems.append(f"audit chain {chain_id} has {size} entries, the manifest says "
-                                           f"{expected['size']}")
+                    report.problems.append(
+                        f"audit chain {chain_id} has {size} entries, the manifest says {expected['size']}"
+                    )
                 want = expected.get("newest_tree_head")
                 if want is not None and (newest is None or newest.get("signature") != want.get("signature")):
-                    report.problems.append(f"audit chain {chain_id}: the newest tree head is not the manifest's")
+                    report.problems.append(
+                        f"audit chain {chain_id}: the newest tree head is not the manifest's"
+                    )
     finally:
         pool.close()
         await engine.dispose()
@@ -392,11 +437,15 @@ async def _check_names(dsn: str, keys: Keys, sample: int, report: RestoreReport)
         tenants = [s for s in await platform.schemas(pg) if platform.TENANT_SCHEMA.match(s)]
         for schema in tenants:
             for table, column, _ in platform.ENCRYPTED_COLUMNS:
-                if not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{platform.qident(schema)}.{table}"):
+                if not await pg.fetchval(
+                    "SELECT to_regclass($1) IS NOT NULL", f"{platform.qident(schema)}.{table}"
+                ):
                     continue
                 rows = await pg.fetch(
                     f"SELECT {column} FROM {platform.qident(schema)}.{table} WHERE {column} IS NOT NULL "
-                    f"ORDER BY random() LIMIT $1", sample)
+                    f"ORDER BY random() LIMIT $1",
+                    sample,
+                )
                 for (ciphertext,) in rows:
                     try:
                         keys.phi.decrypt(ciphertext)
@@ -406,10 +455,14 @@ async def _check_names(dsn: str, keys: Keys, sample: int, report: RestoreReport)
     finally:
         await pg.close()
     if failed:
-        report.problems.append(f"{failed} of {report.names_checked} sampled PHI values do not decrypt with "
-                               "MASTER_ENCRYPTION_KEY (wrong or missing key)")
+        report.problems.append(
+            f"{failed} of {report.names_checked} sampled PHI values do not decrypt with "
+            "MASTER_ENCRYPTION_KEY (wrong or missing key)"
+        )
     else:
-        report.note(f"{report.names_checked} sampled names and consent texts decrypt with the configured keys")
+        report.note(
+            f"{report.names_checked} sampled names and consent texts decrypt with the configured keys"
+        )
 
 
 async def restore(
@@ -436,43 +489,82 @@ async def restore(
     check_keys(manifest, keys)
     report.note("the configured keys fit the backup")
     if tree_head_dir is None:
-        raise OpsError("no external tree-head log is configured: set AUDIT_TREE_HEAD_DIR (the audit service's) "
-                       "or pass --tree-head-dir")
+        raise OpsError(
+            "no external tree-head log is configured: set AUDIT_TREE_HEAD_DIR (the audit service's) "
+            "or pass --tree-head-dir"
+        )
     server_num, exists = await _server(dsn)
-    pg_restore = find_binary("pg_restore", server_num // 10000,
-                             at_least=int(manifest["versions"].get("pg_dump_major") or 0))
+    pg_restore = find_binary(
+        "pg_restore", server_num // 10000, at_least=int(manifest["versions"].get("pg_dump_major") or 0)
+    )
     dumped_by = int(manifest["versions"].get("postgresql_server_num") or 0)
     if dumped_by // 10000 > server_num // 10000:
-        raise OpsError(f"the backup comes from PostgreSQL {dumped_by // 10000}; this server is "
-                       f"{server_num // 10000}: restore into a server at least as new; nothing was restored")
+        raise OpsError(
+            f"the backup comes from PostgreSQL {dumped_by // 10000}; this server is "
+            f"{server_num // 10000}: restore into a server at least as new; nothing was restored"
+        )
     occupied: list[str] = []
     if exists:
         occupied, others = await _occupied(dsn)
         if occupied and not force:
-            raise OpsError(f"database {database_name(dsn)} is not empty (schemas: {', '.join(occupied)}); "
-                           "use --force to replace its contents; nothing was restored")
+            raise OpsError(
+                f"database {database_name(dsn)} is not empty (schemas: {', '.join(occupied)}); "
+                "use --force to replace its contents; nothing was restored"
+            )
         if occupied and others:
-            raise OpsError(f"{others} other session(s) are connected to {database_name(dsn)}: stop the platform's "
-                           "services first; nothing was restored")
-        if occupied and (confirm is None or not confirm(
-                f"Replace every schema of database {database_name(dsn)} ({', '.join(occupied)}) with the backup?")):
+            raise OpsError(
+                f"{others} other session(s) are connected to {database_name(dsn)}: stop the platform's "
+                "services first; nothing was restored"
+            )
+        if occupied and (
+            confirm is None
+            or not confirm(
+                f"Replace every schema of database {database_name(dsn)} ({', '.join(occupied)}) with the backup?"
+            )
+        ):
             raise OpsError("not confirmed; nothing was restored")
 
     # -- from here on the server changes ------------------------------------------------------------------
     report.changed = True
     try:
-        return await _apply(backup, dsn, manifest, keys, report, exists=exists, occupied=occupied,
-                            pg_restore=pg_restore, tree_head_dir=tree_head_dir, sample=sample, progress=progress,
-                            audit_password=audit_password, verify_workers=verify_workers, started=started)
+        return await _apply(
+            backup,
+            dsn,
+            manifest,
+            keys,
+            report,
+            exists=exists,
+            occupied=occupied,
+            pg_restore=pg_restore,
+            tree_head_dir=tree_head_dir,
+            sample=sample,
+            progress=progress,
+            audit_password=audit_password,
+            verify_workers=verify_workers,
+            started=started,
+        )
     except OpsError as exc:
         done = "; ".join(report.steps[-3:]) or "nothing yet"
         raise OpsError(f"{exc}\n(the server was changed; last steps: {done})") from None
 
 
-async def _apply(backup: Path, dsn: str, manifest: dict[str, Any], keys: Keys, report: RestoreReport, *,
-                 exists: bool, occupied: list[str], pg_restore: Any, tree_head_dir: Path, sample: int,
-                 progress: bool | None, audit_password: str | None, verify_workers: int | None,
-                 started: float) -> RestoreReport:
+async def _apply(
+    backup: Path,
+    dsn: str,
+    manifest: dict[str, Any],
+    keys: Keys,
+    report: RestoreReport,
+    *,
+    exists: bool,
+    occupied: list[str],
+    pg_restore: Any,
+    tree_head_dir: Path,
+    sample: int,
+    progress: bool | None,
+    audit_password: str | None,
+    verify_workers: int | None,
+    started: float,
+) -> RestoreReport:
     if not exists:
         await _create_database(dsn)
         report.note(f"database {database_name(dsn)} created")
@@ -482,13 +574,22 @@ async def _apply(backup: Path, dsn: str, manifest: dict[str, Any], keys: Keys, r
     await _restore_roles(dsn, manifest.get("roles") or [], audit_password, report)
     tables = len(manifest.get("tables") or {})
     with bar(tables, "pg_restore", "table", enabled=progress) as restoring:
+
         def on_line(line: str) -> None:
             if "processing data for table" in line:
                 restoring.update(1)
 
         run_with_progress(
-            [str(pg_restore.path), "--no-owner", "--single-transaction", "--exit-on-error", "--verbose",
-             "--dbname", database_name(dsn), str(backup / DUMP_FILE)],
+            [
+                str(pg_restore.path),
+                "--no-owner",
+                "--single-transaction",
+                "--exit-on-error",
+                "--verbose",
+                "--dbname",
+                database_name(dsn),
+                str(backup / DUMP_FILE),
+            ],
             libpq_env(dsn),
             on_line=on_line,
             what=f"pg_restore ({pg_restore.path}, PostgreSQL {pg_restore.major})",
