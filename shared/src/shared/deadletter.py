@@ -250,7 +250,7 @@ async def read_dead_letters(bootstrap_servers: str, *, timeout: float = 10.0) ->
         ends = await consumer.end_offsets(partitions)
         letters: list[DeadLetter] = []
         deadline = asyncio.get_running_loop().time() + timeout
-        while any(await consumer.position(p) < ends[p] for p in partitions):
+        while [p for p in partitions if await consumer.position(p) < ends[p]]:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"could not read {DEAD_LETTER_TOPIC} to its end within {timeout} s")
             for records in (await consumer.getmany(timeout_ms=200)).values():

@@ -494,15 +494,15 @@ async def restore(
             "or pass --tree-head-dir"
         )
     server_num, exists = await _server(dsn)
-    pg_restore = find_binary(
-        "pg_restore", server_num // 10000, at_least=int(manifest["versions"].get("pg_dump_major") or 0)
-    )
     dumped_by = int(manifest["versions"].get("postgresql_server_num") or 0)
     if dumped_by // 10000 > server_num // 10000:
         raise OpsError(
             f"the backup comes from PostgreSQL {dumped_by // 10000}; this server is "
             f"{server_num // 10000}: restore into a server at least as new; nothing was restored"
         )
+    pg_restore = find_binary(
+        "pg_restore", server_num // 10000, at_least=int(manifest["versions"].get("pg_dump_major") or 0)
+    )
     occupied: list[str] = []
     if exists:
         occupied, others = await _occupied(dsn)

@@ -1,14 +1,17 @@
-"""Operator commands of the auth service: create the demo organisation and its users."""
+"""Operator commands of the auth service: the first platform administrator, and the demo organisation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 
 import typer
 
 from auth import store
 from auth.keys import SigningKeys
-from auth.service import IdentityService
+from auth.service import IdentityError, IdentityService
 from auth.settings import AuthSettings
 from shared.db import create_engine, migrate
 from shared.events import Actor
@@ -24,21 +27,30 @@ DEMO_USERS = (("admin_demo", Role.ORG_ADMIN), ("lab_demo", Role.LAB_TECHNICIAN),
 PLATFORM_DEMO_USER = "platform_demo"
 
 
-async def seed_demo(settings: AuthSettings, password: str) -> None:
-    """Create the demo organisation and users unless they exist (safe to run on every start)."""
+@contextlib.asynccontextmanager
+async def identity_service(settings: AuthSettings, name: str) -> AsyncIterator[IdentityService]:
+    """The identity service on a migrated schema and a started broker, as the API runs it, so an operator
+    command goes through the same rules and emits the same (audited) events."""
     from auth.app import MIGRATIONS
 
-    engine = create_engine(settings.dsn, application_name="clinomic-auth-seed", search_path=store.SCHEMA, pool_size=2)
-    broker = make_broker(settings, "clinomic-auth-seed")
+    engine = create_engine(settings.dsn, application_name=name, search_path=store.SCHEMA, pool_size=2)
+    broker = make_broker(settings, name)
     try:
         await migrate(engine, MIGRATIONS, store.SCHEMA)
         await ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_topic_partitions)
         await broker.start()
         assert settings.jwt_private_key is not None
-        identity = IdentityService(settings, engine, broker,
-                                   SigningKeys.from_pem(settings.jwt_private_key.get_secret_value()))
+        yield IdentityService(settings, engine, broker, SigningKeys.from_pem(settings.jwt_private_key.get_secret_value()))
+    finally:
+        await broker.stop()
+        await engine.dispose()
+
+
+async def seed_demo(settings: AuthSettings, password: str) -> None:
+    """Create the demo organisation and users unless they exist (safe to run on every start)."""
+    async with identity_service(settings, "clinomic-auth-seed") as identity:
         actor = Actor(role="service", service="auth-seed")
-        async with engine.begin() as conn:
+        async with identity.engine.begin() as conn:
             org_id = await store.org_by_slug(conn, DEMO_ORG[1])
             existing = {u for (u, _) in DEMO_USERS + ((PLATFORM_DEMO_USER, Role.PLATFORM_ADMIN),)
                         if await store.user_by_username(conn, u)}
@@ -53,9 +65,14 @@ async def seed_demo(settings: AuthSettings, password: str) -> None:
         if PLATFORM_DEMO_USER not in existing:
             await identity.create_user(org_id=None, username=PLATFORM_DEMO_USER, password=password,
                                        role=Role.PLATFORM_ADMIN, actor=actor, enforce_password_policy=False)
-    finally:
-        await broker.stop()
-        await engine.dispose()
+
+
+async def create_platform_admin(settings: AuthSettings, username: str, password: str) -> uuid.UUID:
+    """The first (or another) platform administrator of a deployment, under the full password policy; the role
+    requires MFA, so the first login enrols an authenticator before anything else is allowed."""
+    async with identity_service(settings, "clinomic-auth-admin") as identity:
+        return await identity.create_user(org_id=None, username=username, password=password,
+                                          role=Role.PLATFORM_ADMIN, actor=Actor(role="service", service="auth-cli"))
 
 
 @app.command("seed-demo")
@@ -63,3 +80,23 @@ def seed_demo_command(password: str = typer.Option(..., envvar="DEMO_PASSWORD", 
     """Create the demo organisation and its users (admin_demo, lab_demo, doctor_demo, auditor_demo)."""
     asyncio.run(seed_demo(load_or_exit(AuthSettings, "auth"), password))
     typer.echo("demo organisation and users are in place")
+
+
+@app.command("create-platform-admin")
+def create_platform_admin_command(
+    username: str = typer.Option(..., help="The administrator's user name"),
+    password: str = typer.Option(..., envvar="ADMIN_PASSWORD", prompt=True, hide_input=True,
+                                 confirmation_prompt=True, help="Typed at the prompt (or ADMIN_PASSWORD)"),
+) -> None:
+    """Create a platform administrator for a deployment without demo data. The password policy applies in
+    full; MFA enrolment is required at the first login. Run it once per administrator."""
+    try:
+        user_id = asyncio.run(create_platform_admin(load_or_exit(AuthSettings, "auth"), username, password))
+    except IdentityError as refused:
+        typer.echo(f"error: {refused.detail}", err=True)
+        raise typer.Exit(code=1) from None
+    except OSError as unreachable:
+        typer.echo(f"error: the database or the broker cannot be reached: {unreachable}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"platform administrator {username} created ({user_id}); at the first login they enrol an "
+               "authenticator (MFA) before anything else")
