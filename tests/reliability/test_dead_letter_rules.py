@@ -34,7 +34,8 @@ class Record:
 class Published:
     sent: list[dict[str, Any]] = field(default_factory=list)
 
-    async def publish(self, body: bytes, *, topic: str, key: bytes | None, headers: dict[str, str]) -> None:
+    async def publish(self, body: bytes, *, topic: str, key: bytes | None, headers: dict[str, str],
+                      correlation_id: str | None = None) -> None:
         self.sent.append({"body": body, "topic": topic, "key": key, "headers": headers})
 
 

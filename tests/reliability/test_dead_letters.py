@@ -1,12 +1,11 @@
-"""A poison message on a real topic: bounded retries, a dead letter, the partition moves on; listed and replayed."""
+"""A poison message on the real broker: bounded retries, a dead letter the ledger records, the partition moves
+on; listed and replayed with the operator command."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
-import httpx
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,73 +13,76 @@ from typer.testing import CliRunner
 
 from devstack.cli import app
 from devstack.stack import Platform
-from shared.deadletter import REPLAYED_FROM, DeadLetter, read_dead_letters, replay
-from shared.events import Topic
-from tests.conftest import HEALTHY_CBC
-from tests.integration.test_delivery_guarantees import events_of
-from tests.records.helpers import consented_patient, eventually
+from shared.deadletter import REPLAYED_FROM, DeadLetter, read_dead_letters
+from shared.kafka import at_least_once, ensure_topics, make_broker, subscribe
+from shared.settings import CommonSettings
+from tests.records.helpers import eventually
 
 
-async def poison_classification(bootstrap: str, gateway: httpx.AsyncClient, lab: dict) -> tuple[bytes, str]:
-    """A well-formed ScreeningClassified whose patient id holds a NUL character, which PostgreSQL refuses in
-    text: the screening service's recorder raises on it every time. Returns its bytes and screening id."""
-    patient = await consented_patient(gateway, lab)
-    body = {"patient": {"external_id": patient["external_id"]}, "cbc": HEALTHY_CBC}
-    screening_id = (await gateway.post("/api/screening/classify", json=body, headers=lab)).json()["id"]
-    [classified] = await events_of(bootstrap, Topic.SCREENING_CLASSIFIED, screening_id)
-    event = json.loads(classified)
-    poisoned_id = str(uuid.uuid4())
-    event["event_id"] = str(uuid.uuid4())
-    event["payload"]["request"]["screening_id"] = poisoned_id
-    event["payload"]["request"]["patient"]["external_id"] = "P-\u0000-poison"
-    return json.dumps(event).encode(), poisoned_id
-
-
-async def letters_of(bootstrap: str, screening_id: str, group: str) -> list[DeadLetter]:
-    return [d for d in await read_dead_letters(bootstrap) if d.group == group and screening_id.encode() in d.value]
-
-
-async def test_a_message_the_recorder_keeps_failing_on_is_dead_lettered_audited_and_replayable(
-    platform: Platform, gateway: httpx.AsyncClient, lab: dict, engine: AsyncEngine
-) -> None:
-    bootstrap = platform.env["KAFKA_BOOTSTRAP_SERVERS"]
-    poison, screening_id = await poison_classification(bootstrap, gateway, lab)
+async def send(bootstrap: str, topic: str, *values: bytes) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
     await producer.start()
     try:
-        await producer.send_and_wait(Topic.SCREENING_CLASSIFIED, poison, key=screening_id.encode())
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"k", headers=[("event_type", b"Probe")])
     finally:
         await producer.stop()
 
-    [letter] = await eventually(lambda: letters_of(bootstrap, screening_id, "screening-recorder"), timeout=60)
-    assert letter.value == poison and letter.key == screening_id.encode()
-    assert letter.topic == Topic.SCREENING_CLASSIFIED and letter.source_offset >= 0 and letter.attempts == 5
-    assert letter.reason and "P-" not in letter.reason  # why, without the values
 
-    # the partition moved on: the next screening is recorded within classify's wait
-    patient = await consented_patient(gateway, lab)
-    body = {"patient": {"external_id": patient["external_id"]}, "cbc": HEALTHY_CBC}
-    assert (await gateway.post("/api/screening/classify", json=body, headers=lab)).status_code == 200
-
-    async def audited() -> int:
-        async with engine.connect() as conn:
-            return await conn.scalar(text(
-                "SELECT count(*) FROM audit.entries WHERE event_type = 'MessageDeadLettered' "
-                "AND refs @> ARRAY[CAST(:id AS text)] AND position('screening-recorder' IN convert_from(content, "
-                "'UTF8')) > 0"), {"id": screening_id})
-    await eventually(audited, timeout=30)
-
-    listed = await asyncio.to_thread(CliRunner().invoke, app, ["deadletters", "list", "--bootstrap", bootstrap,
-                                                               "--group", "screening-recorder"])
-    assert listed.exit_code == 0 and letter.ref in listed.output
-
-    assert await replay(bootstrap, [letter]) == 1  # still poison: the recorder dead-letters the replayed copy
-    again = await eventually(lambda: _second(bootstrap, screening_id), timeout=60)
-    assert again.value == poison and again.headers[REPLAYED_FROM] == letter.ref
+async def letters_of(bootstrap: str, group: str) -> list[DeadLetter]:
+    return [d for d in await read_dead_letters(bootstrap) if d.group == group]
 
 
-async def _second(bootstrap: str, screening_id: str) -> DeadLetter | None:
-    letters = await letters_of(bootstrap, screening_id, "screening-recorder")
+async def test_a_message_a_consumer_keeps_failing_on_is_dead_lettered_audited_and_replayable(
+    platform: Platform, engine: AsyncEngine
+) -> None:
+    """A subscriber declared as every service declares one, on the platform's broker: its handler raises on
+    one message. The message is dead-lettered after its attempts, the next one is handled, the audit ledger
+    records the dead letter, the CLI lists it and a replay brings the original bytes back to the topic."""
+    bootstrap = platform.env["KAFKA_BOOTSTRAP_SERVERS"]
+    topic, group = f"poison-{uuid.uuid4().hex}", f"poison-{uuid.uuid4().hex}"
+    await ensure_topics(bootstrap, [topic], partitions=1)
+    handled: list[bytes] = []
+    broker = make_broker(CommonSettings(kafka_bootstrap_servers=bootstrap), "poison-test")
+
+    @subscribe(broker, topic, **at_least_once(CommonSettings(kafka_bootstrap_servers=bootstrap), group))
+    async def handle(raw: bytes) -> None:
+        if raw == b"poison":
+            raise ValueError("unknown event version")
+        handled.append(raw)
+
+    await broker.start()
+    try:
+        await send(bootstrap, topic, b"poison", b"after")
+        [letter] = await eventually(lambda: letters_of(bootstrap, group), timeout=60)
+        assert (letter.value, letter.key, letter.topic, letter.source_offset) == (b"poison", b"k", topic, 0)
+        assert letter.attempts == 5 and letter.reason == "ValueError: unknown event version"
+        assert letter.headers["event_type"] == "Probe"  # the original headers travel with it
+        assert await eventually(lambda: asyncio.sleep(0, b"after" in handled), timeout=30)
+
+        async def audited() -> int:
+            async with engine.connect() as conn:
+                return await conn.scalar(text(
+                    "SELECT count(*) FROM audit.entries WHERE event_type = 'MessageDeadLettered' "
+                    "AND position(:g IN content) > 0"), {"g": group.encode()})
+        await eventually(audited, timeout=30)
+
+        listed = await asyncio.to_thread(CliRunner().invoke, app, ["deadletters", "list", "--bootstrap", bootstrap,
+                                                                   "--group", group])
+        assert listed.exit_code == 0 and letter.ref in listed.output and "1 dead letter(s)" in listed.output
+
+        replayed = await asyncio.to_thread(CliRunner().invoke, app, ["deadletters", "replay", letter.ref,
+                                                                     "--bootstrap", bootstrap])
+        assert replayed.exit_code == 0, replayed.output
+        # still poison: the consumer dead-letters the replayed copy, which names the letter it came from
+        again = await eventually(lambda: _second(bootstrap, group), timeout=60)
+        assert again.value == b"poison" and again.source_offset == 2 and again.headers[REPLAYED_FROM] == letter.ref
+    finally:
+        await broker.stop()
+
+
+async def _second(bootstrap: str, group: str) -> DeadLetter | None:
+    letters = await letters_of(bootstrap, group)
     return letters[1] if len(letters) > 1 else None
 
 

@@ -122,7 +122,9 @@ async def dead_letter(broker: KafkaBroker, raw: bytes, record: Any, *, group: st
     headers = {name: value.decode(errors="replace") for name, value in (record.headers or ())}
     headers |= {TOPIC: record.topic, PARTITION: str(record.partition), OFFSET: str(record.offset), GROUP: group,
                 REASON: reason, ATTEMPTS: str(attempts), AT: datetime.now(UTC).isoformat()}
-    await broker.publish(raw, topic=DEAD_LETTER_TOPIC, key=record.key, headers=headers)
+    # FastStream adds a correlation id header of its own unless given one: keep the original's.
+    await broker.publish(raw, topic=DEAD_LETTER_TOPIC, key=record.key, headers=headers,
+                         correlation_id=headers.get("correlation_id"))
     DEAD_LETTERED[(group, record.topic)] += 1
     log.error("dead-lettered %s[%d]@%d for consumer group %s after %d attempts: %s",
               record.topic, record.partition, record.offset, group, attempts, reason)

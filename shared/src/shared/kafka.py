@@ -17,7 +17,8 @@ from typing import Any
 
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.conn import AIOKafkaConnection, CloseReason
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
@@ -39,6 +40,37 @@ SESSION_TIMEOUT_MS = 6_000
 HEARTBEAT_INTERVAL_MS = 1_000
 #: How long an assignment may wait for the log ends and positions it checks (see :class:`ResumeWithinLog`).
 ASSIGNMENT_CHECK_SECONDS = 3.0
+
+
+def _broken_connection_on_closed_transport() -> None:
+    """Make a write to a closed transport a ``KafkaConnectionError`` under uvloop too (aiokafka 0.14).
+
+    aiokafka turns an ``OSError`` of a write into ``KafkaConnectionError``, which every caller handles. Under
+    uvloop (the services' loop, chosen by uvicorn) a write to a transport that the broker has just closed, in
+    the moment before aiokafka noticed, raises ``RuntimeError`` instead. Raised inside a client's metadata task,
+    it ended that task; from then on every metadata update the group coordinator waited for never came, and
+    the consumer group never found its coordinator again: the ledger missed events for minutes after a broker
+    restart (``docs/reliability.md``).
+    """
+    send = AIOKafkaConnection.send
+    if getattr(send, "converts_closed_transport", False):
+        return
+
+    def guarded_send(self: AIOKafkaConnection, request: Any, expect_response: bool = True) -> Any:
+        try:
+            return send(self, request, expect_response)
+        except RuntimeError as err:
+            transport = getattr(self._writer, "transport", None)
+            if transport is None or not transport.is_closing():
+                raise
+            self.close(reason=CloseReason.CONNECTION_BROKEN)
+            raise KafkaConnectionError(f"Connection at {self._host}:{self._port} broken: {err}") from err
+
+    guarded_send.converts_closed_transport = True  # type: ignore[attr-defined]
+    AIOKafkaConnection.send = guarded_send  # type: ignore[method-assign]
+
+
+_broken_connection_on_closed_transport()
 
 
 def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
