@@ -65,7 +65,7 @@ async def test_the_stream_carries_no_name_external_id_or_patient_record_id(
 async def test_ages_are_banded_and_the_analytes_kept(platform: Platform, clinic: Clinic) -> None:
     events = await clinic_events(platform, clinic)
     healthy = next(events[s["id"]]["payload"] for s in clinic.screened({"referred"})
-                   if s["assessment"]["risk_class"] == 2)
+                   if s["assessment"]["risk_class"] == 1)
     assert (healthy["age_band"], healthy["sex"]) == ("45-49", "male")  # HEALTHY_CBC: 46, male
     assert healthy["cbc"] == {k: float(v) for k, v in HEALTHY_CBC.items() if k not in ("age", "sex")}
 

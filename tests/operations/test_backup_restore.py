@@ -1,4 +1,5 @@
-"""Backup and restore drill (docs/operations.md): seed the running platform, back it up with `clinomic-ops
+"""Backup and restore drill (docs/operations.md): seed a platform of the drill's own (its own database, so the
+chains other tests seal with keys of their own are not in its backup), back it up with `clinomic-ops
 backup`, restore it into a fresh, empty database on the same server with `clinomic-ops restore`, start a
 second platform on the restored database and check that it serves the same history and the same audit
 proofs. The refusals (corrupt backup, wrong keys, unreachable server, a database that is not empty) must
@@ -108,14 +109,54 @@ async def admin_engine(platform: stack.Platform) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+def started_on(database_url: str, state: Path) -> Any:
+    """A platform context on an existing server's database (devstack takes the server from DATABASE_URL)."""
+    ports = {name: infra.free_port() for name in stack.DEFAULT_PORTS}
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = database_url
+    try:
+        context = stack.platform(state, ports=ports, extra_env=PLATFORM_OVERRIDES)
+        return context, context.__enter__()
+    finally:
+        if saved is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = saved
+
+
 @pytest.fixture(scope="module")
-async def drill(
-    platform: stack.Platform,
-    gateway: httpx.AsyncClient,
-    lab: dict[str, str],
-    engine: AsyncEngine,
-    admin_engine: AsyncEngine,
-) -> AsyncIterator[Drill]:
+async def source(platform: stack.Platform, admin_engine: AsyncEngine) -> AsyncIterator[stack.Platform]:
+    """The platform that is backed up: the session's server, a database of its own."""
+    database = f"drill_src_{uuid.uuid4().hex[:12]}"
+    async with admin_engine.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{database}"'))
+    url = make_url(platform.env["DATABASE_URL"]).set(database=database).render_as_string(hide_password=False)
+    state = Path(tempfile.mkdtemp(prefix="clinomic-drill-source-"))
+    context, running = await asyncio.to_thread(started_on, url, state)
+    try:
+        yield running
+    finally:
+        await asyncio.to_thread(context.__exit__, None, None, None)
+        async with admin_engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def drill(source: stack.Platform, admin_engine: AsyncEngine) -> AsyncIterator[Drill]:
+    platform = source
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30.0) as gateway:
+        engine = create_async_engine(platform.env["DATABASE_URL"])
+        try:
+            lab = bearer(await login(gateway, "lab_demo"))
+            async for d in _drill(platform, gateway, lab, engine, admin_engine):
+                yield d
+        finally:
+            await engine.dispose()
+
+
+async def _drill(platform: stack.Platform, gateway: httpx.AsyncClient, lab: dict[str, str], engine: AsyncEngine,
+                 admin_engine: AsyncEngine) -> AsyncIterator[Drill]:
     d = Drill()
     work = d.work = Path(tempfile.mkdtemp(prefix="clinomic-drill-"))
     # -- seed: patients with names and consents, screened through the gateway --------------------------------
@@ -220,17 +261,7 @@ async def drill(
     assert result.returncode == 0, d.restore_output
 
     # -- a second platform on the restored database (its own broker, ports and state) ----------------------
-    ports = {name: infra.free_port() for name in stack.DEFAULT_PORTS}
-    saved = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = d.restored_dsn  # devstack takes an existing server from DATABASE_URL
-    context = stack.platform(state, ports=ports, extra_env=PLATFORM_OVERRIDES)
-    try:
-        d.restored = await asyncio.to_thread(context.__enter__)
-    finally:
-        if saved is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = saved
+    context, d.restored = await asyncio.to_thread(started_on, d.restored_dsn, state)
     try:
         yield d
     finally:
