@@ -346,7 +346,7 @@ def write_plots(out: Path, card: dict[str, Any], deficient: np.ndarray, p_raw: n
     ax.plot(x, [100 * r["test_everyone"] for r in curve], label="test everyone")
     ax.plot(x, [0.0] * len(curve), label="test no one", color="grey")
     low = min(min(100 * r["model"] for r in curve), 0.0)
-    high = max(100 * r["test_everyone"] for r in curve[:1] + curve) * 1.2 + 0.05
+    high = max(100 * r["test_everyone"] for r in curve) * 1.2 + 0.05
     ax.set(xlabel="threshold probability (%)", ylabel="net benefit per 100 screened",
            xlim=(100 * DECISION_THRESHOLDS[0], 100 * DECISION_THRESHOLDS[-1]), ylim=(low - 0.05, high),
            title="Decision curve (out of sample)")

@@ -92,11 +92,6 @@ class Cohort:
     def __len__(self) -> int:
         return len(self.b12_pg_ml)
 
-    def subset(self, mask: np.ndarray) -> Cohort:
-        return Cohort(self.features[mask], self.b12_pg_ml[mask], self.group[mask], self.mma_umol_l[mask],
-                      self.assay[mask], self.source, self.file, self.sha256, int(np.sum(mask)), Counter(),
-                      self.group_kind)
-
 
 def _number(record: dict[str, str], name: str) -> float:
     text = (record.get(name) or "").strip()

@@ -337,7 +337,7 @@ def train(data_path: Path, out: Path, config: TrainingConfig = TrainingConfig(),
         },
         "shipped_family": shipped,
         "final_fit": {"rows": len(cohort), "trees": trees,
-                      "fold_trees": [fold for fold in oos[shipped].iterations] if shipped == "catboost" else None},
+                      "fold_trees": oos[shipped].iterations if shipped == "catboost" else None},
     }
     _dump(out / TRAINING, _nan_free(training_doc))
     card = _nan_free(card_module.build_card(config, report, training_doc, thresholds, threshold_notes,
