@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import StatementError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.deadletter import is_transient
 from shared.settings import load_or_exit
 from shared.tokens import SERVICE_TOKEN_HEADER, InvalidToken, Principal, Role, Scope, ServiceCredential, TokenVerifier
 
@@ -123,8 +124,21 @@ def install_error_handlers(app: FastAPI) -> None:
         if _unstorable_text(exc):  # a string field without the Text type: still the client's fault, not ours
             return invalid([{"field": "body", "message": "contains characters that cannot be stored",
                              "type": "control_character"}])
+        if is_transient(exc):
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+            return unavailable("the database is unavailable")
         log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+#: What a 503 asks the client to wait before trying again (seconds).
+RETRY_AFTER_SECONDS = 2
+
+
+def unavailable(what: str) -> JSONResponse:
+    """503 with ``Retry-After``: a dependency is down for a while; nothing was done, the request may be retried."""
+    return JSONResponse({"detail": f"{what}; nothing was done, retry later"}, status_code=503,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 def invalid(errors: list[dict[str, str]], status_code: int = 422) -> JSONResponse:
@@ -242,12 +256,17 @@ class ServiceEdge:
             await self.app(scope, receive, tracked)
         except EdgeAbort:
             raise
-        except Exception:
+        except Exception as exc:
             # Answered here rather than by Starlette's outermost handler, which re-raises to the server: the
             # server would then close a keep-alive connection the gateway's pool may already be reusing.
-            log.exception("unhandled error on %s %s", scope["method"], path)
             if started:
+                log.exception("unhandled error on %s %s", scope["method"], path)
                 raise
+            if is_transient(exc):  # a dependency (database, broker, network) is away: the client may retry
+                log.warning("dependency unavailable on %s %s: %s", scope["method"], path, type(exc).__name__)
+                await unavailable("a dependency is unavailable")(scope, receive, send)
+                return
+            log.exception("unhandled error on %s %s", scope["method"], path)
             await JSONResponse({"detail": "internal error"}, status_code=500)(scope, receive, send)
 
 

@@ -162,6 +162,20 @@ def recovery(restarts: int = typer.Option(5, min=1, help="Broker restarts"),
     typer.echo("\n" + measure.summary(rounds))
 
 
+@app.command()
+def chaos(only: list[str] = typer.Option([], "--only", help="Run only faults whose name contains this (repeatable)"),
+          state_dir: Path = typer.Option(Path(".clinomic-chaos"), help="State of the platform started here")) -> None:
+    """Fault injection on a platform of its own: under classify load and a bulk batch, kill -9 each service, restart
+    the broker, make PostgreSQL refuse connections, fill the intake while inference is down; print per fault:
+    accepted, recorded, duplicates, lost, audited, recovery time, unexpected 5xx, latency before/after. Exits 1
+    when a fault broke a promise."""
+    from devstack import chaos as faults
+
+    outcomes = faults.main(only=only, state_dir=state_dir.resolve(), echo=typer.echo)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
 dead_app = typer.Typer(help="Dead letters: messages a consumer group gave up on (docs/reliability.md)",
                        no_args_is_help=True)
 app.add_typer(dead_app, name="deadletters")

@@ -404,7 +404,13 @@ async def check_chain(
     else:
         report.warnings.append("no external tree-head log is configured (AUDIT_TREE_HEAD_DIR)")
     if first == 1:
-        _check_heads(report, levels, heads, external, public_keys, chain_end=last if whole_tail else None)
+        # Heads are read after the entries: one signed meanwhile may cover entries appended since. The chain's
+        # size read now, after every head, tells those (present, just not checked) from a truncated ledger.
+        chain_end = None
+        if whole_tail:
+            async with engine.connect() as conn:
+                chain_end = await store.chain_size(conn, chain_id)
+        _check_heads(report, levels, heads, external, public_keys, chain_end=chain_end)
     else:
         report.warnings.append("tree heads cover a chain from its first entry: not checked for this range")
     report.ok = report.ok and not report.problems
@@ -567,7 +573,7 @@ def _check_heads(
             report.problems.append(f"tree head at size {size} is signed for chain {head.get('chain_id')!r}")
             continue
         if size > report.last_seq:
-            if chain_end is not None:
+            if chain_end is not None and size > chain_end:
                 report.problems.append(
                     f"tree head at size {size}: beyond end of ledger (the chain has "
                     f"{chain_end} entries: entries are missing at the end)"
