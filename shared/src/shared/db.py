@@ -3,6 +3,9 @@
 Each service owns one schema (``auth``, ``audit``, ``gateway``, ``screening``) and the screening service owns
 one more per organisation (``tenant_<org id hex>``). Connections start with a search path that names no
 schema, so a query that forgot its tenant fails instead of reading someone else's rows.
+
+TLS to the server follows libpq's ``PGSSLMODE`` and ``PGSSLROOTCERT`` (also ``PGSSLCERT``/``PGSSLKEY``), which
+asyncpg reads on every connection; ``CommonSettings`` checks them at start (``docs/deployment.md``).
 """
 
 from __future__ import annotations

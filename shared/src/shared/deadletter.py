@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from shared.metrics import DEAD_LETTERS
 from shared.observability import redact
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,6 @@ TRANSIENT_SQL_CLASSES = {"08", "40", "53", "57", "58"}
 #: Broker errors caused by the message itself; every other broker error means the broker is away or busy.
 MESSAGE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 
-#: Messages dead-lettered by this process, by (consumer group, topic): logged, and readable by health reports.
-DEAD_LETTERED: Counter[tuple[str, str]] = Counter()
 
 
 @dataclass(frozen=True)
@@ -89,6 +87,8 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, KafkaError):
             return not isinstance(current, MESSAGE_ERRORS)
         if isinstance(current, DBAPIError):
+            if current.statement is None:  # raised while connecting: the server is away or refusing connections
+                return True
             state = _sqlstate(current)
             if state is not None:
                 return state[:2] in TRANSIENT_SQL_CLASSES or state == "55P03"
@@ -103,6 +103,11 @@ def reason_of(exc: BaseException) -> str:
         fields = sorted({".".join(map(str, e["loc"])) or "(root)" for e in exc.errors()})
         return f"ValidationError: {', '.join(fields)}"[:500]
     return f"{type(exc).__name__}: {redact(str(exc))}"[:500]
+
+
+def reason_class(reason: str) -> str:
+    """The exception class a :func:`reason_of` names: a bounded metric label, unlike the reason itself."""
+    return reason.split(":", 1)[0].strip() or "unknown"
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ async def dead_letter(broker: KafkaBroker, raw: bytes, record: Any, *, group: st
     # FastStream adds a correlation id header of its own unless given one: keep the original's.
     await broker.publish(raw, topic=DEAD_LETTER_TOPIC, key=record.key, headers=headers,
                          correlation_id=headers.get("correlation_id"))
-    DEAD_LETTERED[(group, record.topic)] += 1
+    DEAD_LETTERS.labels(group, record.topic, reason_class(reason)).inc()
     log.error("dead-lettered %s[%d]@%d for consumer group %s after %d attempts: %s",
               record.topic, record.partition, record.offset, group, attempts, reason)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import sys
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,7 +29,21 @@ class CommonSettings(BaseSettings):
     postgres_db: str = "clinomic"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_fetch_max_wait_ms: int = Field(5, description="Long-poll ceiling of consumers; low keeps hops fast")
-    kafka_topic_partitions: int = Field(4, description="Partitions of each topic this service creates")
+    kafka_topic_partitions: int = Field(4, ge=1, description="Partitions of each topic this service creates")
+    kafka_topic_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic this service creates (1: one broker; 3 in production)")
+    # Connection security of every Kafka client (docs/deployment.md, "Kafka").
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: FilePath | None = Field(None, description="Brokers' CA bundle (PEM); unset: system's")
+    kafka_ssl_certfile: FilePath | None = Field(None, description="Client certificate (PEM): mutual TLS")
+    kafka_ssl_keyfile: FilePath | None = Field(None, description="Its key (PEM) unless in the certificate")
+    # PostgreSQL TLS: libpq's own variables, which asyncpg reads itself on every connection (and pg_dump too);
+    # declared here so that a bad value stops the service at start with one line.
+    pgsslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    pgsslrootcert: FilePath | None = Field(None, description="CA certificate (PEM) of the server's")
     auth_jwks_url: str = "http://127.0.0.1:8001/api/auth/jwks"
     jwt_issuer: str = "clinomic-auth"
     jwt_audience: str = "clinomic"
@@ -45,6 +59,29 @@ class CommonSettings(BaseSettings):
             )
         elif self.database_url.startswith("postgresql://"):
             self.database_url = "postgresql+asyncpg://" + self.database_url.removeprefix("postgresql://")
+        return self
+
+    @model_validator(mode="after")
+    def _consistent_transport_security(self) -> CommonSettings:
+        protocol = self.kafka_security_protocol
+        sasl = {"KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+                "KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+                "KAFKA_SASL_PASSWORD": self.kafka_sasl_password}
+        tls = {"KAFKA_SSL_CAFILE": self.kafka_ssl_cafile, "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+               "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile}
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in sasl.items() if not value]
+            if missing:
+                raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}")
+        elif unused := [name for name, value in sasl.items() if value]:
+            raise ValueError(f"{', '.join(unused)} set, but KAFKA_SECURITY_PROTOCOL={protocol} "
+                             "sends no credentials")
+        if not protocol.endswith("SSL") and (unused := [name for name, value in tls.items() if value]):
+            raise ValueError(f"{', '.join(unused)} set, but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("KAFKA_SSL_KEYFILE set without KAFKA_SSL_CERTFILE")
+        if self.pgsslmode in ("verify-ca", "verify-full") and not self.pgsslrootcert:
+            raise ValueError(f"PGSSLMODE={self.pgsslmode} needs PGSSLROOTCERT (the server's CA)")
         return self
 
     @property
@@ -77,6 +114,16 @@ def signing_key(raw: SecretStr | None, name: str, *, min_bytes: int = 32) -> byt
     return value
 
 
+def settings_problem(error: ValidationError) -> str:
+    """One line naming each invalid variable and why, without its value (it may be a secret)."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name else message)
+    return "; ".join(problems)
+
+
 def load_or_exit(settings_cls: type[Any], service: str) -> Any:
     """Build settings and run their ``check_secrets``; on a problem print one line and exit with status 2."""
     try:
@@ -86,5 +133,8 @@ def load_or_exit(settings_cls: type[Any], service: str) -> Any:
             check()
     except SecretProblem as problem:
         print(f"{service}: refusing to start: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValidationError as error:
+        print(f"{service}: refusing to start: {settings_problem(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     return settings

@@ -19,10 +19,11 @@ def run(state_dir: Path = typer.Option(STATE_DIR, help="Where embedded data, sec
         containers: bool = typer.Option(False, help="Use Docker containers for PostgreSQL and Kafka if an engine answers")) -> None:
     """Start PostgreSQL, the broker and all five services; stop everything on Ctrl-C."""
     typer.echo("starting Clinomic (first start takes a little longer) ...")
+    started = time.monotonic()
     with stack.platform(state_dir.resolve(), prefer_containers=containers) as platform:
         gateway = platform.gateway_url
         typer.echo(f"""
-Clinomic is running ({platform.infra}).
+Clinomic is running ({platform.infra}); ready in {time.monotonic() - started:.1f} s.
   API:    {gateway}
   Docs:   {gateway}/docs
   Kafka:  {platform.env['KAFKA_BOOTSTRAP_SERVERS']}  (event stream: docs/event-stream.md)

@@ -19,6 +19,8 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
+from prometheus_client import Gauge
+from shared import health, metrics
 from shared.db import create_engine, migrate, schema_revision
 from shared.health import health_router
 from shared.kafka import ensure_topics, make_broker
@@ -32,6 +34,13 @@ from audit.settings import AuditSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
+CHAINS = Gauge("clinomic_audit_chains", "Hash chains of the ledger (one per organisation, and the platform's)")
+ENTRIES = Gauge("clinomic_audit_entries", "Entries of the ledger: the lengths of all chains together")
+LONGEST_CHAIN = Gauge("clinomic_audit_longest_chain_entries", "Length of the longest chain")
+#: Each chain's length is its last sequence number (one index probe per chain).
+CHAINS_SQL = ("SELECT count(*) AS chains, coalesce(sum(h.seq), 0) AS entries, coalesce(max(h.seq), 0) AS longest "
+              "FROM chains c LEFT JOIN LATERAL (SELECT seq FROM entries WHERE chain_id = c.chain_id "
+              "ORDER BY seq DESC LIMIT 1) h ON true")
 
 
 class StartupRefused(RuntimeError):
@@ -128,11 +137,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.verifier_pool = checker.VerifierPool(settings.runtime_dsn, settings.audit_verify_workers)
     app.state.token_verifier = verifier
     publishing = asyncio.create_task(publisher.run(), name="tree-head-publisher")
+    app.state.metric_samplers += [metrics.consumer_lag(broker), metrics.query_gauges(engine, CHAINS_SQL, {
+        "chains": CHAINS, "entries": ENTRIES, "longest": LONGEST_CHAIN})]
+    app.state.checks = {"database": health.database(engine), "broker": health.broker(broker)}
     app.state.ready = True
     try:
         yield
     finally:
         app.state.ready = False
+        app.state.checks = None
         await treeheads.stop(publishing)
         app.state.verifier_pool.close()
         await broker.stop()
@@ -145,7 +158,9 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Clinomic audit", lifespan=lifespan, docs_url="/docs" if settings.debug else None)
     app.state.settings = settings
     app.state.ready = False
+    app.state.checks = None
     install_error_handlers(app)
+    app.state.metric_samplers = metrics.install(app)  # /metrics answers the service credential only
     app.include_router(api.router)
-    app.include_router(health_router(lambda: {"ready": app.state.ready}))
+    app.include_router(health_router(lambda: app.state.checks))
     return app

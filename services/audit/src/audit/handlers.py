@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faststream.kafka import KafkaBroker, KafkaMessage
+from prometheus_client import Counter
 from pydantic import ValidationError
 from shared.deadletter import DEAD_LETTER_TOPIC, as_dead_letter
 from shared.events import ALL_TOPICS_PATTERN, Envelope
@@ -49,6 +50,8 @@ RawEnvelope = Envelope[dict[str, Any]]
 _ZERO = bytes(32)
 #: The ledger's entry type for a message some consumer group dead-lettered (``docs/reliability.md``).
 DEAD_LETTERED = "MessageDeadLettered"
+#: What the subscriber adds (duplicates of what the ledger holds are received, but not appended).
+APPENDED = Counter("clinomic_audit_appended_entries", "Entries appended to the ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +315,7 @@ def register(broker: KafkaBroker, settings: CommonSettings, appender: Appender, 
     async def append_to_ledger(messages: list[bytes], message: KafkaMessage) -> None:
         """``message`` is the delivery, or a ``shared.deadletter.Part`` when one message is retried alone."""
         records = message.raw_message
-        await appender.append_raw([
+        APPENDED.inc(await appender.append_raw([
             (dead_letter_event(record) if record.topic == DEAD_LETTER_TOPIC else raw, record.topic)
             for raw, record in zip(messages, records, strict=True)
-        ])
+        ]))

@@ -14,6 +14,7 @@ from auth import api, store
 from auth.keys import SigningKeys
 from auth.service import IdentityService
 from auth.settings import AuthSettings
+from shared import health, metrics
 from shared.db import create_engine, migrate
 from shared.health import health_router
 from shared.kafka import ensure_topics, make_broker
@@ -46,11 +47,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.signing_keys = keys
     app.state.token_verifier = verifier
     app.state.identity = identity
+    app.state.metric_samplers.append(metrics.consumer_lag(broker))
+    app.state.checks = {"database": health.database(engine), "broker": health.broker(broker)}
     app.state.ready = True
     try:
         yield
     finally:
         app.state.ready = False
+        app.state.checks = None
         housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await housekeeping
@@ -64,9 +68,11 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Clinomic auth", lifespan=lifespan, docs_url="/docs" if settings.debug else None)
     app.state.settings = settings
     app.state.ready = False
+    app.state.checks = None
     install_error_handlers(app)
+    app.state.metric_samplers = metrics.install(app)  # /metrics answers the service credential only
     api.install_identity_errors(app)
     app.include_router(api.router)
     app.include_router(api.internal)
-    app.include_router(health_router(lambda: {"ready": app.state.ready}))
+    app.include_router(health_router(lambda: app.state.checks))
     return app

@@ -46,25 +46,33 @@ async def identity_service(settings: AuthSettings, name: str) -> AsyncIterator[I
         await engine.dispose()
 
 
-async def seed_demo(settings: AuthSettings, password: str) -> None:
-    """Create the demo organisation and users unless they exist (safe to run on every start)."""
+def demo_usernames(slug: str) -> list[tuple[str, Role]]:
+    """The demo users of an organisation: ``admin_demo`` ... for ``demo``, ``admin_<slug>`` ... for another."""
+    return [(f"{username.removesuffix('_demo')}_{slug}", role) for username, role in DEMO_USERS]
+
+
+async def seed_demo(settings: AuthSettings, password: str, org: tuple[str, str] = DEMO_ORG) -> uuid.UUID:
+    """Create a demo organisation (name, slug) and its users unless they exist (safe to run on every start);
+    returns the organisation's id."""
     async with identity_service(settings, "clinomic-auth-seed") as identity:
         actor = Actor(role="service", service="auth-seed")
+        users = demo_usernames(org[1])
         async with identity.engine.begin() as conn:
-            org_id = await store.org_by_slug(conn, DEMO_ORG[1])
-            existing = {u for (u, _) in DEMO_USERS + ((PLATFORM_DEMO_USER, Role.PLATFORM_ADMIN),)
+            org_id = await store.org_by_slug(conn, org[1])
+            existing = {u for (u, _) in users + [(PLATFORM_DEMO_USER, Role.PLATFORM_ADMIN)]
                         if await store.user_by_username(conn, u)}
         if org_id is None:
-            org_id, _ = await identity.create_organization(*DEMO_ORG, actor)
+            org_id, _ = await identity.create_organization(*org, actor)
         # Demo data only: the shared demo password (9 characters) is below the policy's minimum of 12, so the
         # policy is bypassed here, explicitly, and the service logs it. No other caller bypasses it.
-        for username, role in DEMO_USERS:
+        for username, role in users:
             if username not in existing:
                 await identity.create_user(org_id=org_id, username=username, password=password, role=role,
                                            actor=actor, enforce_password_policy=False)
         if PLATFORM_DEMO_USER not in existing:
             await identity.create_user(org_id=None, username=PLATFORM_DEMO_USER, password=password,
                                        role=Role.PLATFORM_ADMIN, actor=actor, enforce_password_policy=False)
+        return org_id
 
 
 async def create_platform_admin(settings: AuthSettings, username: str, password: str) -> uuid.UUID:

@@ -12,6 +12,7 @@ import aiohttp
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import Gauge
 
 from gateway import api, batch_api, handlers, store
 from gateway.intake import Intake
@@ -19,6 +20,7 @@ from gateway.middleware import EdgeMiddleware
 from gateway.outcomes import Outcomes
 from gateway.ratelimit import RateLimits
 from gateway.settings import GatewaySettings
+from shared import health, metrics
 from shared.crypto import PhiCipher
 from shared.db import create_engine, migrate
 from shared.health import health_router
@@ -29,6 +31,12 @@ from shared.tokens import TokenVerifier, watch_revocations
 from shared.web import install_error_handlers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+INTAKE_BACKLOG = Gauge("clinomic_gateway_intake_backlog",
+                       "Screenings accepted (committed to the intake) and not recorded yet")
+BATCH_BACKLOG = Gauge("clinomic_gateway_batch_chunks_backlog",
+                      "Bulk screening chunks accepted and not recorded yet")
+BACKLOG_SQL = ("SELECT (SELECT count(*) FROM screening_intake WHERE recorded_at IS NULL) AS screenings, "
+               "(SELECT count(*) FROM batch_chunks WHERE recorded_at IS NULL) AS chunks")
 
 
 @asynccontextmanager
@@ -61,11 +69,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The admission check of every classify (gateway.admission), where httpx's pool cost too much CPU.
     app.state.admissions = aiohttp.ClientSession(
         headers=credential, connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=4.0))
+    app.state.metric_samplers += [
+        metrics.consumer_lag(broker),
+        metrics.query_gauges(engine, BACKLOG_SQL, {"screenings": INTAKE_BACKLOG, "chunks": BATCH_BACKLOG})]
+    app.state.checks = {"database": health.database(engine), "broker": health.broker(broker)}
     app.state.ready = True
     try:
         yield
     finally:
         app.state.ready = False
+        app.state.checks = None
         for loop in (redelivery, batch_redelivery):
             loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -89,6 +102,7 @@ def create_app() -> FastAPI:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.checks = None
     app.state.rate_limits = RateLimits(
         {"login": settings.rate_limit_login, "login_account": settings.rate_limit_login_account,
          "refresh": settings.rate_limit_refresh,
@@ -96,9 +110,10 @@ def create_app() -> FastAPI:
         settings.redis_url,
     )
     install_error_handlers(app)
+    app.state.metric_samplers = metrics.install(app)  # /metrics answers the service credential only
     app.include_router(batch_api.router)  # before api.router, whose /api/screening/{rest} would take its paths
     app.include_router(api.router)
-    app.include_router(health_router(lambda: {"ready": app.state.ready}))
+    app.include_router(health_router(lambda: app.state.checks))
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list, allow_credentials=False,
                        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])

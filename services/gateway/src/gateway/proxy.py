@@ -20,6 +20,7 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
+from shared.observability import correlation_id
 from shared.text import has_control_character
 from shared.web import invalid
 
@@ -69,6 +70,8 @@ async def forward(client: httpx.AsyncClient, base_url: str, request: Request) ->
     headers = {h: request.headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in request.headers}
     if request.client:
         headers["x-forwarded-for"] = request.client.host
+    if (correlation := correlation_id()) is not None:  # the owning service logs under the same id
+        headers["x-correlation-id"] = correlation
     try:
         outgoing = client.build_request(request.method, base_url + request.url.path, params=request.query_params,
                                         content=await request.body(), headers=headers)

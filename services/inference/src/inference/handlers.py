@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from faststream.kafka import KafkaBroker
+from prometheus_client import Histogram
 from pydantic import ValidationError
 
 from inference.model import B12Model
@@ -24,12 +25,19 @@ log = logging.getLogger(__name__)
 SERVICE_ACTOR = Actor(role="service", service="inference")
 RequestEnvelope = Envelope[ev.ScreeningRequestedV1]
 BatchRequestEnvelope = Envelope[batch_ev.ScreeningBatchRequestedV1]
+#: ``kind``: "screening" (micro-batched single requests) or "bulk" (rows of bulk screening chunks).
+BATCH_ROWS = Histogram("clinomic_inference_batch_rows", "Rows assessed per model call", ["kind"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384))
+MODEL_SECONDS = Histogram("clinomic_inference_model_seconds", "Time of one model call (all its rows)", ["kind"],
+                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
 
 
 def classified(model: B12Model, requests: list[RequestEnvelope]) -> list[Envelope[Any]]:
     """One CatBoost call per stage for the whole batch; each result keeps the id and cause of its request."""
     features = np.array([r.payload.cbc.as_features() for r in requests], dtype=np.float64)
-    assessments = model.assess(features, [r.payload.expected_prevalence for r in requests])
+    BATCH_ROWS.labels("screening").observe(len(requests))
+    with MODEL_SECONDS.labels("screening").time():
+        assessments = model.assess(features, [r.payload.expected_prevalence for r in requests])
     return [
         new_envelope(
             ev.ScreeningClassifiedV1(request=r.payload, assessment=a),
@@ -47,8 +55,10 @@ def assessed(model: B12Model, cbcs: list[ev.CompleteBloodCount],
     refuse the call, row by row: a row it cannot assess gets a reason instead (recorded as rejected) and does
     not hold up the others."""
     features = np.array([c.as_features() for c in cbcs], dtype=np.float64)
+    BATCH_ROWS.labels("bulk").observe(len(cbcs))
     try:
-        return list(model.assess(features, prevalences))
+        with MODEL_SECONDS.labels("bulk").time():
+            return list(model.assess(features, prevalences))
     except ValueError:
         log.warning("the model refused a batch of %d rows; assessing them one by one", len(cbcs))
     results: list[ev.Assessment | str] = []

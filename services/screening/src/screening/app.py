@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from screening import analytics, analytics_stream, api, batch, domain, handlers, records_api, store
 from screening.outbox import Outbox
 from screening.phi import PhiVault
 from screening.settings import ScreeningSettings
+from shared import health, metrics
 from shared.crypto import BlindIndex, PhiCipher
 from shared.db import create_engine, in_schema, migrate, tenant_schema
 from shared.events.records import RECORDS_TOPIC
@@ -26,6 +28,8 @@ from shared.tokens import TokenVerifier, watch_revocations
 from shared.web import install_error_handlers
 
 log = logging.getLogger(__name__)
+OUTBOX_SIZE = Gauge("clinomic_screening_outbox_size", "Record events written and not published yet")
+OUTBOX_SQL = "SELECT count(*) AS size FROM screening.outbox"
 
 
 class StartupRefused(RuntimeError):
@@ -77,11 +81,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.registry = registry
     app.state.outbox = outbox
     app.state.token_verifier = verifier
+    app.state.metric_samplers += [metrics.consumer_lag(broker),
+                                  metrics.query_gauges(engine, OUTBOX_SQL, {"size": OUTBOX_SIZE})]
+    app.state.checks = {"database": health.database(engine), "broker": health.broker(broker)}
     app.state.ready = True
     try:
         yield
     finally:
         app.state.ready = False
+        app.state.checks = None
         relay.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await relay
@@ -97,10 +105,12 @@ def create_app() -> FastAPI:
     app.state.settings = settings
     app.state.vault = PhiVault(PhiCipher(settings.phi_keys()), BlindIndex(settings.blind_index_key()))
     app.state.ready = False
+    app.state.checks = None
     install_error_handlers(app)
+    app.state.metric_samplers = metrics.install(app)  # /metrics answers the service credential only
     app.include_router(api.router)
     app.include_router(records_api.router)
     app.include_router(batch.router)
     app.include_router(analytics.router)
-    app.include_router(health_router(lambda: {"ready": app.state.ready}))
+    app.include_router(health_router(lambda: app.state.checks))
     return app
