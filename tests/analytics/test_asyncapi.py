@@ -11,13 +11,13 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from shared.events import analytics, batch, identity, records, screening
+from shared.events import analytics, batch, identity, migration, records, screening
 from shared.events.catalog import CATALOG, asyncapi_document, asyncapi_json
 from shared.events.records import RECORDS_TOPIC
 from shared.events.topics import Topic
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
-CONTRACT_MODULES = (screening, identity, records, batch, analytics)
+CONTRACT_MODULES = (screening, identity, records, batch, analytics, migration)
 
 
 def resolve(document: dict[str, Any], ref: str) -> Any:

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from devstack import infra, stack
+from devstack import infra, recovery, stack
 
 BASE_CBC = {"hb": 13.1, "rbc": 4.4, "hct": 39.6, "mcv": 90.0, "mch": 29.8, "mchc": 33.1, "rdw": 13.4,
             "wbc": 6.9, "platelets": 240, "neutrophils_pct": 57, "lymphocytes_pct": 33, "age": 52, "sex": "female"}
@@ -163,7 +163,28 @@ def print_runs(runs: list[Run]) -> None:
               f"gateway p99 = {reports[0]['p99_ms']} ms (aim ≤ 40 ms at 50 clients)")
 
 
-def main(*, clients: int, seconds: float, gateway_url: str | None, state_dir: Path) -> None:
+def idle_cores(processes: dict[str, int], seconds: float) -> dict[str, float]:
+    """Cores each process keeps busy while nothing is asked of it (CPU seconds used over ``seconds``), and the
+    total: what an idle platform costs the machine it shares."""
+    from devstack.batch import cpu_seconds
+
+    before = cpu_seconds(processes)
+    time.sleep(seconds)
+    after = cpu_seconds(processes)
+    used = {name: round((after[name] - before[name]) / seconds, 3) for name in before if name in after}
+    return used | {"total": round(sum(used.values()), 3)}
+
+
+def platform_processes(platform: stack.Platform) -> dict[str, int]:
+    """The five services and, when bundled, the broker (PostgreSQL is left out: it is idle unless asked)."""
+    found = {name: process.pid for name, process in platform.processes.items()}
+    broker = platform.bundled_broker
+    if broker is not None and broker.process is not None:
+        found["broker"] = broker.process.pid
+    return found
+
+
+def main(*, clients: int, seconds: float, gateway_url: str | None, state_dir: Path, idle_seconds: float = 60.0) -> None:
     if gateway_url:
         database_url = os.environ["DATABASE_URL"]
         runs = [asyncio.run(through_gateway(gateway_url, clients, seconds))]
@@ -174,6 +195,10 @@ def main(*, clients: int, seconds: float, gateway_url: str | None, state_dir: Pa
     with stack.platform(state_dir, ports=ports, ephemeral=True,
                         extra_env={"LOG_LEVEL": "WARNING", "DEBUG": "false"}) as platform:
         print(f"platform: {platform.infra}")
+        if idle_seconds > 0:
+            recovery.until_settled(platform.logs, timeout=120.0)
+            idle = idle_cores(platform_processes(platform), idle_seconds)
+            print(json.dumps({"idle_cores": idle, "seconds": idle_seconds, "aim_total_at_most": 0.2}))
         runs = [asyncio.run(through_gateway(platform.gateway_url, clients, seconds))]
         runs.append(asyncio.run(in_process_baseline(platform.env["DATABASE_URL"], clients, seconds)))
     print_runs(runs)

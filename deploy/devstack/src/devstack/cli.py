@@ -60,11 +60,14 @@ Press Ctrl-C to stop.""")
 def bench(clients: int = typer.Option(50, help="Concurrent clients"),
           seconds: float = typer.Option(20.0, help="Duration of each measured run"),
           gateway_url: str = typer.Option("", help="Benchmark a running platform instead of starting one"),
+          idle_seconds: float = typer.Option(60.0, min=0.0, help="First measure the idle platform's CPU this long (0: skip)"),
           state_dir: Path = typer.Option(Path(".clinomic-bench"), help="State of the platform started here")) -> None:
-    """Classify through the gateway with N clients for T seconds; then the in-process baseline."""
+    """The idle platform's CPU (cores per process and in total); classify through the gateway with N clients for T
+    seconds; then the in-process baseline."""
     from devstack import bench as benchmark
 
-    benchmark.main(clients=clients, seconds=seconds, gateway_url=gateway_url or None, state_dir=state_dir.resolve())
+    benchmark.main(clients=clients, seconds=seconds, gateway_url=gateway_url or None, state_dir=state_dir.resolve(),
+                   idle_seconds=idle_seconds)
 
 
 @app.command()

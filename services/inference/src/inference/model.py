@@ -21,12 +21,14 @@ import math
 import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from catboost import CatBoostClassifier, CatBoostError, Pool
 
 from inference import domain
+
+if TYPE_CHECKING:
+    from catboost import CatBoostClassifier
 from shared.events.screening import (
     FEATURE_ORDER,
     RANGES,
@@ -218,6 +220,8 @@ class CatBoostStage:
                           dtype=np.float64)
 
     def shap(self, x: np.ndarray, thread_count: int) -> np.ndarray:
+        from catboost import Pool
+
         pool = Pool(x, feature_names=list(FEATURE_ORDER))
         # Exact SHAP either way; precalculating per-leaf values costs ~3 ms a call and pays off only for batches.
         mode = "NoPreCalc" if len(x) <= SMALL_BATCH else "Auto"
@@ -545,6 +549,9 @@ def _load_stage(stages: Mapping[str, Any], key: str, contents: Mapping[str, byte
 
 
 def _load_catboost(blob: bytes, name: str) -> CatBoostClassifier:
+    # Imported when a model has CatBoost stages: catboost (with pandas) costs a service start ~1.5 s of CPU.
+    from catboost import CatBoostClassifier, CatBoostError
+
     model = CatBoostClassifier()
     try:
         model.load_model(blob=blob)

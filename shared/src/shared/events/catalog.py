@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from shared.events import analytics, batch, identity, records, screening
+from shared.events import analytics, batch, identity, migration, records, screening
 from shared.events.envelope import Envelope
 from shared.events.topics import ALL_TOPICS_PATTERN, Topic
 
@@ -113,6 +113,9 @@ CATALOG: tuple[Channel, ...] = (
             "Every recorded screening, de-identified for analytics (no names, pseudonymous patient keys)",
             "pseudonymous patient key", "screening", ("analytics consumers", "audit"),
             _kinds((analytics.SCREENING_RECORDED_DEIDENTIFIED, analytics.ScreeningRecordedDeidentifiedV1))),
+    Channel(Topic.MIGRATION, "Records migrated from Clinomic v1, one event per record (docs/v1-migration.md)",
+            "record id", "clinomic-ops migrate-from-mongodb", ("audit",),
+            _kinds((migration.RECORD_MIGRATED, migration.RecordMigratedV1))),
 )
 
 DESCRIPTION = f"""Every event of the Clinomic platform travels in one JSON envelope (the message value): \

@@ -14,6 +14,8 @@ class Topic(StrEnum):
     SCREENING_BATCH_RECORDED = "clinomic.screening.batch-recorded"
     #: De-identified screenings for downstream analytics (shared.events.analytics): no names, pseudonymous keys.
     ANALYTICS_SCREENINGS = "clinomic.analytics.screenings"
+    #: Records migrated from an earlier system, one event each (shared.events.migration).
+    MIGRATION = "clinomic.migration"
 
 
 ALL_TOPICS_PATTERN = r"^clinomic\..+"
