@@ -75,6 +75,8 @@ EXAMPLES = {
         ASSESSED, requested_at=datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
         recorded_at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-14)))),
     "unicode text": replace(ASSESSED, model_version="2.1.0-β\n\"rc\"", model_artifacts_sha256="\\u0000 ☃"),
+    "migrated from v1": replace(ASSESSED, status="migrated", cbc={"hb": 13.1, "mcv": 101.0, "rdw": 15.2},
+                                model_version="clinomic-v1/1.0"),
 }
 
 
@@ -222,3 +224,10 @@ def test_a_template_drifting_from_the_library_ends_the_export_in_the_first_page(
                 writer.patients([PatientRecord(uuid.uuid4(), "P-1", None, "female")])
             else:  # a page whose first screening has no RiskAssessment still has its first one checked
                 writer.screenings([REJECTED, ASSESSED])
+
+
+def test_a_screening_migrated_from_v1_is_not_reported_as_a_cbc_panel() -> None:
+    (report,) = ex.fhir_report(EXAMPLES["migrated from v1"], ORG, ex.relative_reference)
+    assert report.code.coding is None and "v1" in report.code.text
+    (full,) = ex.fhir_report(ASSESSED, ORG, ex.relative_reference)
+    assert full.code.coding[0].code == ex.CBC_PANEL[0]

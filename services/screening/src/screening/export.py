@@ -163,6 +163,9 @@ _LABORATORY = [_concept(OBSERVATION_CATEGORY, "laboratory", "Laboratory")]
 _HEMATOLOGY = [_concept(DIAGNOSTIC_SERVICE, "HM", "Hematology")]
 _ANALYTE_CODES = {a.key: _concept(LOINC, a.loinc, a.display) for a in ANALYTES}
 _PANEL_CODE = _concept(LOINC, *CBC_PANEL)
+#: A screening migrated from v1 holds only part of the blood count (docs/v1-migration.md): not the CBC panel.
+MIGRATED_STATUS = "migrated"
+_MIGRATED_CODE = CodeableConcept(text="Historical Clinomic v1 B12 screening (partial blood count; not re-scored)")
 _RISK_CODE = CodeableConcept(text="Vitamin B12 deficiency risk screening")
 _OUTCOME_CODES = {o: _concept(B12_STATUS_SYSTEM, o, f"B12 status {o}", o) for o in OUTCOMES}
 _QUALITATIVE_RISKS = {
@@ -265,7 +268,8 @@ def fhir_report(s: ScreeningRecord, org: uuid.UUID, ref: Referrer) -> list[Diagn
     reference."""
     return [DiagnosticReport(
         id=str(s.id), identifier=[Identifier(system=screening_identifier_system(org), value=str(s.id))],
-        status="final", category=_HEMATOLOGY, code=_PANEL_CODE, subject=_subject(s, ref),
+        status="final", category=_HEMATOLOGY, code=_MIGRATED_CODE if s.status == MIGRATED_STATUS else _PANEL_CODE,
+        subject=_subject(s, ref),
         effectiveDateTime=s.requested_at, issued=s.recorded_at, result=_results(s, ref) or None,
         conclusion=conclusion(s), conclusionCode=[_OUTCOME_CODES[s.label]] if s.label in _OUTCOME_CODES else None,
     )]
@@ -331,6 +335,7 @@ _PREDICTION = dict(zip(OUTCOMES, _RISK["prediction"], strict=True))
 _QUALITATIVE_RISK = {rc: _template(concept) for rc, concept in _QUALITATIVE_RISKS.items()}
 (_REPORT,) = [_template(r) for r in fhir_report(_FULL, _NIL, relative_reference)]
 _REPORT_IDENTIFIER = _REPORT["identifier"][0]
+_MIGRATED_REPORT_CODE = _template(_MIGRATED_CODE)
 _CONCLUSION_CODE = {outcome: _template(concept) for outcome, concept in _OUTCOME_CODES.items()}
 _PATIENT = _template(fhir_patient(PatientRecord(_NIL, "-", "-", "female"), _NIL, lambda _: "-"))
 _PATIENT_IDENTIFIER = _PATIENT["identifier"][0]
@@ -441,6 +446,8 @@ def _report(s: ScreeningRecord, org: uuid.UUID, subject: JsonObject, results: li
               "subject": subject, "effectiveDateTime": s.requested_at, "issued": s.recorded_at,
               "result": results, "conclusion": conclusion(s),
               "conclusionCode": [_CONCLUSION_CODE.get(s.label or "")]}
+    if s.status == MIGRATED_STATUS:
+        report["code"] = _MIGRATED_REPORT_CODE
     if not results:
         del report["result"]
     if s.label not in _CONCLUSION_CODE:
