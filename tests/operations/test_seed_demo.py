@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -47,6 +48,15 @@ def test_every_planned_screening_matches_its_patients_sex_and_age(patients: int,
         person = plan.patients[item.patient]
         assert (item.cbc["sex"], item.cbc["age"]) == (person.sex, person.age)
     assert {s.patient for s in plan.screenings} >= set(range(min(patients, screenings)))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 80), st.integers(0, 2**16))
+def test_every_planned_sample_was_drawn_within_the_last_six_weeks(screenings: int, seed: int) -> None:
+    plan = demo.plan(patients=3, screenings=screenings, seed=seed, population="us-lab")
+    for item in plan.screenings:
+        assert timedelta(0) <= item.collected_ago < timedelta(weeks=demo.COLLECTION_WEEKS)
+        assert item.collected_ago.microseconds == 0
 
 
 def test_the_same_seed_gives_the_same_demo() -> None:
@@ -128,6 +138,22 @@ async def test_every_screening_is_recorded_with_the_risk_class_the_report_counts
     recorded = Counter(str(r[0]) for r in rows if r[0] is not None)
     assert len(rows) == SCREENINGS == seeded["screenings"]
     assert dict(recorded) == seeded["risk_classes"]
+
+
+@pytest.mark.integration
+async def test_the_seeded_screenings_carry_the_planned_collection_times_over_six_weeks(
+        seeded: dict[str, Any], gateway: httpx.AsyncClient) -> None:
+    plan = demo.plan(patients=PATIENTS, screenings=SCREENINGS, seed=7, population="india-lab")
+    lab = bearer(await login(gateway, f"lab_{SLUG}"))
+    history = (await gateway.get("/api/screening/history", headers=lab, params={"limit": 200})).json()["items"]
+    collected = sorted(datetime.fromisoformat(s["collected_at"]) for s in history)
+    ago = sorted((s.collected_ago for s in plan.screenings), reverse=True)
+    sent_at = datetime.fromisoformat(seeded["collected_until"]) + ago[-1]
+    # every screening is its planned time before the one moment the command sent them
+    assert {c + a for c, a in zip(collected, ago, strict=True)} == {sent_at}
+    assert collected[0] == datetime.fromisoformat(seeded["collected_from"])
+    weeks = Counter((sent_at - c) // timedelta(weeks=1) for c in collected)
+    assert sorted(weeks) == list(range(demo.COLLECTION_WEEKS))  # seed 7: every one of the six weeks has some
 
 
 @pytest.mark.integration

@@ -82,4 +82,4 @@ def test_an_unreachable_server_fails_within_the_timeout() -> None:
     started = time.monotonic()
     with pytest.raises(OpsError, match="MongoDB at 127.0.0.1:9 cannot be reached"):
         MongoSource("mongodb://127.0.0.1:9/clinomic", None, timeout=0.5, batch_size=10)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # pymongo would wait 30 s without the timeout
