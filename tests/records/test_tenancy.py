@@ -58,8 +58,10 @@ async def test_status_reports_every_schema_and_its_revision(platform: Platform, 
         assert lines[schema] == f"{head_revision(TENANT_MIGRATIONS)}\tcurrent"
 
 
-#: What the tenant revisions after t0001 added, undone newest first (t0003, then t0002).
+#: What the tenant revisions after t0001 added, undone newest first (t0005, t0004 with the policy table, t0003,
+#: then t0002).
 UNDO_AFTER_T0001 = (
+    "ALTER TABLE screenings DROP COLUMN collected_at",
     "DROP INDEX screenings_batch_job", "ALTER TABLE screenings DROP COLUMN batch_job_id, DROP COLUMN batch_row",
     "DROP TABLE policy", "DROP TABLE consents", "DROP INDEX screenings_risk_class", "DROP INDEX patients_created_at_id",
     "ALTER TABLE screenings DROP COLUMN lab_id, DROP COLUMN doctor_id, DROP COLUMN consent_id",

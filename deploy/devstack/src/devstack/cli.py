@@ -70,6 +70,27 @@ def bench(clients: int = typer.Option(50, help="Concurrent clients"),
                    idle_seconds=idle_seconds)
 
 
+@app.command("scale-out")
+def scale_out(replicas: int = typer.Option(2, help="Processes of gateway, inference and screening in phase (b)"),
+              partitions: int = typer.Option(4, help="Partitions of every topic (at least --replicas)"),
+              clients: int = typer.Option(50, min=1, help="Concurrent classify clients (closed loop)"),
+              seconds: float = typer.Option(20.0, min=1.0, help="Duration of each measured phase"),
+              state_dir: Path = typer.Option(Path(".clinomic-bench/scale-out"),
+                                             help="State of the platform started here")) -> None:
+    """On a platform of its own with topics of N partitions: classify with one process of each service, then with R
+    replicas of gateway, inference and screening (requests spread over the gateways in turn); print throughput,
+    p50/p95/p99, answers by status, accepted/recorded/duplicates/lost, CPU per process and the partitions each
+    replica held. Exits 1 when a screening was lost or duplicated or a gateway never answered synchronously."""
+    from devstack import scaleout
+
+    if problem := scaleout.shape_problem(replicas, partitions):
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    if not scaleout.main(replicas=replicas, partitions=partitions, clients=clients, seconds=seconds,
+                         state_dir=state_dir.resolve(), echo=typer.echo):
+        raise typer.Exit(1)
+
+
 @app.command()
 def soak(rate: float = typer.Option(30.0, min=0.1, max=500.0, help="Classify requests per second (open loop)"),
          minutes: float = typer.Option(10.0, min=0.05, max=120.0, help="How long to keep the rate up"),

@@ -58,16 +58,27 @@ class Platform:
         process.wait()
 
     def start_service(self, name: str, timeout: float = 90.0) -> None:
-        target = dict(SERVICES)[name]
-        port = self.urls[name].rsplit(":", 1)[1]
-        log = open(self.logs[name], "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self.processes[name] = subprocess.Popen(
+        self._spawn(name, dict(SERVICES)[name], timeout)
+
+    def start_replica(self, name: str, number: int, timeout: float = 90.0) -> str:
+        """Another process of service ``name`` on a free port, with its own log: the key (``gateway-2``) under
+        which ``urls``, ``logs`` and ``processes`` hold it. ``stop`` stops it with the rest."""
+        key = f"{name}-{number}"
+        self.urls[key] = f"http://127.0.0.1:{infra.free_port()}"
+        self.logs[key] = self.logs[name].with_name(f"{key}.log")
+        self._spawn(key, dict(SERVICES)[name], timeout)
+        return key
+
+    def _spawn(self, key: str, target: str, timeout: float) -> None:
+        port = self.urls[key].rsplit(":", 1)[1]
+        log = open(self.logs[key], "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.processes[key] = subprocess.Popen(
             # --no-proxy-headers: the gateway alone resolves client addresses (FORWARDED_ALLOW_IPS).
             [sys.executable, "-m", "uvicorn", "--factory", target, "--host", "127.0.0.1", "--port", port,
              "--no-access-log", "--no-proxy-headers", "--timeout-graceful-shutdown", "10"],
             env=self.env | {"PORT": port}, stdout=log, stderr=subprocess.STDOUT,
         )
-        wait_ready(name, self.urls[name], self.processes[name], self.logs[name], timeout)
+        wait_ready(key, self.urls[key], self.processes[key], self.logs[key], timeout)
 
     def start_all(self) -> None:
         """Auth first (the others fetch its signing keys as they start), then the other four at once: none of
@@ -79,6 +90,8 @@ class Platform:
             started.result()
 
     def stop(self) -> None:
+        for replica in [key for key in self.processes if key not in dict(SERVICES)]:
+            self.stop_service(replica)
         for name, _ in reversed(SERVICES):
             if name in self.processes:
                 self.stop_service(name)

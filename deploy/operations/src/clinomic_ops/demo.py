@@ -11,8 +11,10 @@ their authenticator at their first login, so the command must never log in as th
 random password that is never shown or stored, enrols a TOTP authenticator through the API (the secret is
 discarded), and deactivates the seeding accounts of earlier runs; at most one, unusable, stays active.
 
-The plan (who, which CBCs) is pure and seeded: the CBCs come from the model's synthetic cohort generator,
-so the risk-class proportions are whatever the shipped model assigns to that cohort.
+The plan (who, which CBCs, how long ago each sample was drawn) is pure and seeded: the CBCs come from the
+model's synthetic cohort generator, so the risk-class proportions are whatever the shipped model assigns to that
+cohort; the collection times are spread evenly at random over the last ``COLLECTION_WEEKS`` weeks before the
+screenings are sent, and travel as the classify request's ``collected_at``, as a lab's would.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clinomic_ops.backup import bar
@@ -56,6 +59,8 @@ LAST = ("Sharma", "Patel", "Nguyen", "Garcia", "Okonkwo", "Kowalski", "Schmidt",
         "Iyer", "Reddy", "Novak", "Jensen", "Mensah", "Costa", "Ahmed", "Kumar", "Fischer", "Rossi")
 CONSENT_METHODS = ("written", "electronic", "verbal")
 CONSENT_TEXT = "I agree to have my blood count screened for vitamin B12 deficiency."
+#: Demo samples were drawn over this many weeks before seeding (well inside the year classify accepts).
+COLLECTION_WEEKS = 6
 
 
 # -- the plan (pure) ---------------------------------------------------------------------------------------
@@ -76,6 +81,7 @@ class PatientPlan:
 class ScreeningPlan:
     patient: int  # index into the plan's patients
     cbc: dict[str, Any]
+    collected_ago: timedelta  # before the moment the screenings are sent; whole seconds
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,8 @@ def plan(*, patients: int, screenings: int, seed: int, population: str) -> DemoP
     rows = max(patients, screenings)
     columns = generate_cohort(rows, seed, chosen)
     rng = np.random.default_rng(seed)
+    # a stream of its own, so the patients and repeat screenings stay those of the same seed before times existed
+    ago = np.random.default_rng([seed, 1]).integers(0, COLLECTION_WEEKS * 7 * 86_400, size=screenings)
     people = []
     for i in range(patients):
         sex = str(columns["sex"][i])
@@ -138,7 +146,7 @@ def plan(*, patients: int, screenings: int, seed: int, population: str) -> DemoP
             same = by_sex.get(cbc["sex"]) or list(range(patients))
             who = same[int(rng.integers(len(same)))]
         cbc |= {"age": people[who].age, "sex": people[who].sex}
-        planned.append(ScreeningPlan(who, cbc))
+        planned.append(ScreeningPlan(who, cbc, timedelta(seconds=int(ago[j]))))
     return DemoPlan(people, planned)
 
 
@@ -164,6 +172,9 @@ class SeedReport:
     screenings: int = 0
     risk_classes: dict[str, int] = field(default_factory=dict)
     rejected: int = 0
+    #: The earliest and latest collection time given to a screening (ISO 8601, UTC).
+    collected_from: str | None = None
+    collected_until: str | None = None
     skipped: str | None = None
     seconds: float = 0.0
 
@@ -348,16 +359,18 @@ async def _patients(api: Api, lab: dict[str, str], demo: DemoPlan, labs: list[An
     return done
 
 
-async def _screenings(api: Api, lab: dict[str, str], demo: DemoPlan, concurrency: int,
-                      progress: bool | None) -> Counter[str]:
-    """Every planned screening through classify; the outcomes by risk class (``rejected`` apart)."""
+async def _screenings(api: Api, lab: dict[str, str], demo: DemoPlan, concurrency: int, progress: bool | None,
+                      sent_at: datetime) -> Counter[str]:
+    """Every planned screening through classify, collected its planned time before ``sent_at``; the outcomes by
+    risk class (``rejected`` apart)."""
     outcomes: Counter[str] = Counter()
     with bar(len(demo.screenings), "screenings", "screening", enabled=progress) as counting:
 
         async def screen(item: ScreeningPlan) -> None:
             person = demo.patients[item.patient]
             answer = await api.call("POST", "/api/screening/classify", headers=lab, expect=(200, 202), json={
-                "patient": {"external_id": person.external_id, "name": person.name}, "cbc": item.cbc})
+                "patient": {"external_id": person.external_id, "name": person.name}, "cbc": item.cbc,
+                "collected_at": (sent_at - item.collected_ago).isoformat()})
             if answer.get("status") not in ("classified", "rejected"):  # pending: poll its record
 
                 async def recorded() -> Any:
@@ -417,7 +430,11 @@ async def seed(*, gateway_url: str, dsn: str, slug: str, name: str, password: st
             if skip_screenings:
                 report.skipped = "screenings (--skip-screenings)"
             else:
-                outcomes = await _screenings(api, lab, demo, concurrency, progress)
+                sent_at = datetime.now(UTC)
+                outcomes = await _screenings(api, lab, demo, concurrency, progress, sent_at)
+                if demo.screenings:
+                    report.collected_from = (sent_at - max(s.collected_ago for s in demo.screenings)).isoformat()
+                    report.collected_until = (sent_at - min(s.collected_ago for s in demo.screenings)).isoformat()
                 report.rejected = outcomes.pop("rejected", 0)
                 report.screenings = sum(outcomes.values()) + report.rejected
                 report.risk_classes = dict(sorted(outcomes.items()))

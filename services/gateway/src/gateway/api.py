@@ -5,17 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway import admission, store
 from gateway.intake import Answer, Intake, KeyReused, fingerprint
 from gateway.proxy import forward
 from shared.events.catalog import asyncapi_json
-from shared.events.screening import CompleteBloodCount
+from shared.events.screening import CompleteBloodCount, check_collection_time
 from shared.text import Text, username_key
 from shared.tokens import Principal, Role
 from shared.web import current_principal, require_roles, tenant_of
@@ -41,6 +42,22 @@ class ClassifyRequest(BaseModel):
 
     patient: PatientIn
     cbc: CompleteBloodCount
+    collected_at: datetime | None = Field(
+        None, description="When the blood was drawn: ISO 8601 with a time zone, at most 365 days ago, not in the "
+                          "future (5 minutes of clock skew are allowed)")
+
+    @field_validator("collected_at", mode="before")
+    @classmethod
+    def _iso_text(cls, raw: Any) -> Any:
+        """Only ISO 8601 text: a bare number would be read as Unix seconds, which no lab means."""
+        if raw is not None and not isinstance(raw, str | datetime):
+            raise ValueError("collected_at must be an ISO 8601 date-time with a time zone")
+        return raw
+
+    @field_validator("collected_at")
+    @classmethod
+    def _plausible_collection_time(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else check_collection_time(value, datetime.now(UTC))
 
 
 async def limited(request: Request, rule: str, who: str) -> None:
@@ -112,7 +129,8 @@ async def classify(body: ClassifyRequest, request: Request, principal: Screener,
     tenant = tenant_of(principal)
     intake: Intake = request.app.state.intake
     wait = request.app.state.settings.classify_wait_seconds
-    request_fingerprint = fingerprint(body.patient.external_id, body.cbc) if idempotency_key else None
+    request_fingerprint = fingerprint(body.patient.external_id, body.cbc, body.collected_at) \
+        if idempotency_key else None
     try:
         if idempotency_key:
             replay = await intake.replay(tenant, idempotency_key, request_fingerprint, wait)
@@ -125,7 +143,8 @@ async def classify(body: ClassifyRequest, request: Request, principal: Screener,
             return admitted
         command = intake.command(principal, tenant, body.patient.external_id, body.cbc,
                                  patient_id=admitted.patient_id, consent_id=admitted.consent_id,
-                                 expected_prevalence=admitted.expected_prevalence)
+                                 expected_prevalence=admitted.expected_prevalence,
+                                 collected_at=body.collected_at)
         return _answer(await intake.submit(command, wait, idempotency_key=idempotency_key,
                                            request_fingerprint=request_fingerprint))
     except KeyReused:

@@ -36,6 +36,8 @@ MEDIA_TYPES = {"text/csv": CSV, "application/json": JSON}
 CBC_FIELDS: tuple[str, ...] = tuple(CompleteBloodCount.model_fields)
 REQUIRED_COLUMNS: tuple[str, ...] = ("external_id", *CBC_FIELDS)
 CSV_COLUMNS: tuple[str, ...] = ("external_id", "name", *CBC_FIELDS)
+#: Every column a header may name: ``name`` and ``collected_at`` are optional (an empty cell: not given).
+ACCEPTED_COLUMNS: tuple[str, ...] = (*CSV_COLUMNS, "collected_at")
 _TEXT_COLUMNS = frozenset({"external_id", "name", "sex"})
 #: A column name shown back in an error only if it looks like one (a data row taken for a header is not echoed).
 _PRINTABLE_COLUMN = re.compile(r"^[a-z][a-z0-9_ ]{0,39}$")
@@ -84,6 +86,7 @@ class CheckedRow:
     external_id: str
     name: str | None
     cbc: CompleteBloodCount
+    collected_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -176,18 +179,18 @@ def check_row(number: int, body: Any, source: str) -> CheckedRow | RejectedRow:
             Problem(field_name(source, e["loc"]), str(e["msg"]).removeprefix("Value error, "), e["type"])
             for e in exc.errors(include_url=False, include_input=False)
         ))
-    return CheckedRow(number, request.patient.external_id, request.patient.name, request.cbc)
+    return CheckedRow(number, request.patient.external_id, request.patient.name, request.cbc, request.collected_at)
 
 
 def _check_header(header: list[str]) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise UnreadableBatch("header", f"missing column(s): {', '.join(missing)}; the first row must name the "
-                              f"columns: {', '.join(CSV_COLUMNS)} (name is optional)", "missing_columns")
-    unknown = [(i, c) for i, c in enumerate(header, start=1) if c not in CSV_COLUMNS]
+                              f"columns: {', '.join(ACCEPTED_COLUMNS)} (name and collected_at are optional)", "missing_columns")
+    unknown = [(i, c) for i, c in enumerate(header, start=1) if c not in ACCEPTED_COLUMNS]
     if unknown:
         named = ", ".join(c if _PRINTABLE_COLUMN.match(c) else f"column {i}" for i, c in unknown)
-        raise UnreadableBatch("header", f"unknown column(s): {named}; the columns are: {', '.join(CSV_COLUMNS)}",
+        raise UnreadableBatch("header", f"unknown column(s): {named}; the columns are: {', '.join(ACCEPTED_COLUMNS)}",
                               "unknown_columns")
     if len(set(header)) != len(header):
         raise UnreadableBatch("header", "a column is named twice", "duplicate_columns")
@@ -209,7 +212,10 @@ def _classify_body(cells: list[str], position: Mapping[str, int]) -> dict[str, A
         cell = cells[position[column]].strip()
         if cell:
             cbc[column] = cell.lower() if column in _TEXT_COLUMNS else _number(cell)
-    return {"patient": patient, "cbc": cbc}
+    body: dict[str, Any] = {"patient": patient, "cbc": cbc}
+    if "collected_at" in position and (collected_at := cells[position["collected_at"]].strip()):
+        body["collected_at"] = collected_at
+    return body
 
 
 def _number(cell: str) -> float | str:
@@ -261,7 +267,7 @@ def chunk_commands(job_id: uuid.UUID, tenant: uuid.UUID, actor: Actor, rows: Seq
                 job_id=job_id, chunk=number, requested_at=requested_at,
                 expected_prevalence=part[0].expected_prevalence,
                 rows=[ev.BatchRow(row=r.checked.row, screening_id=uuid.uuid4(), cbc=r.checked.cbc,
-                                  consent_id=r.consent_id,
+                                  consent_id=r.consent_id, collected_at=r.checked.collected_at,
                                   patient=PatientReference(external_id=r.checked.external_id, patient_id=r.patient_id))
                       for r in part],
             ),

@@ -185,7 +185,7 @@ def _commands(job_id: uuid.UUID, tenant: uuid.UUID, actor: Actor, rows: list[bat
 @router.post(
     UPLOAD_PATH, status_code=202,
     openapi_extra={"requestBody": {"required": True, "content": {
-        "text/csv": {"schema": {"type": "string"}, "example": ",".join(batch.CSV_COLUMNS)},
+        "text/csv": {"schema": {"type": "string"}, "example": ",".join(batch.ACCEPTED_COLUMNS)},
         "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/ClassifyRequest"}}},
     }}},
     responses={202: {"description": "Accepted rows are queued; follow the job at its URL"},

@@ -44,9 +44,13 @@ class Answer:
     replayed: bool = False
 
 
-def fingerprint(external_id: str, cbc: ev.CompleteBloodCount) -> str:
-    """What an idempotent retry must repeat: the patient's external id and the CBC (no PHI)."""
-    canonical = json.dumps({"external_id": external_id, "cbc": cbc.model_dump(mode="json")}, sort_keys=True)
+def fingerprint(external_id: str, cbc: ev.CompleteBloodCount, collected_at: datetime | None = None) -> str:
+    """What an idempotent retry must repeat: the patient's external id, the CBC and the collection time (no
+    PHI). Without a collection time the fingerprint is the one made before it existed (keys stay valid)."""
+    request: dict[str, Any] = {"external_id": external_id, "cbc": cbc.model_dump(mode="json")}
+    if collected_at is not None:
+        request["collected_at"] = collected_at.astimezone(UTC).isoformat()
+    canonical = json.dumps(request, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -59,7 +63,8 @@ class Intake:
 
     def command(self, principal: Principal, tenant: uuid.UUID, external_id: str, cbc: ev.CompleteBloodCount, *,
                 patient_id: uuid.UUID | None = None, consent_id: uuid.UUID | None = None,
-                expected_prevalence: float | None = None) -> Envelope[Any]:
+                expected_prevalence: float | None = None,
+                collected_at: datetime | None = None) -> Envelope[Any]:
         payload = ev.ScreeningRequestedV1(
             screening_id=uuid.uuid4(),
             patient=ev.PatientReference(external_id=external_id, patient_id=patient_id),
@@ -67,6 +72,7 @@ class Intake:
             requested_at=datetime.now(UTC),
             consent_id=consent_id,
             expected_prevalence=expected_prevalence,
+            collected_at=collected_at,
         )
         return new_envelope(payload, event_type=ev.SCREENING_REQUESTED[0], event_version=ev.SCREENING_REQUESTED[1],
                             tenant_id=tenant, actor=Actor(user_id=principal.user_id, role=principal.role))

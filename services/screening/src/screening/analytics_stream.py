@@ -59,7 +59,7 @@ def age_band(age: float) -> str:
 
 def deidentified(facts: store.RecordedFacts, tenant: uuid.UUID,
                  secret: bytes) -> an.ScreeningRecordedDeidentifiedV1:
-    """The analytics form of a stored screening: patient pseudonymised, age banded, time cut to the day."""
+    """The analytics form of a stored screening: patient pseudonymised, age banded, times cut to the day."""
     cbc = ev.CompleteBloodCount.model_validate(facts.cbc)
     assessment = ev.Assessment.model_validate(facts.assessment) if facts.assessment else None
     return an.ScreeningRecordedDeidentifiedV1(
@@ -74,6 +74,7 @@ def deidentified(facts: store.RecordedFacts, tenant: uuid.UUID,
         sex=cbc.sex,
         cbc=an.BloodCount.model_validate(cbc.model_dump(exclude={"age", "sex"})),
         recorded_on=facts.recorded_at.astimezone(UTC).date(),
+        collected_on=facts.collected_at.astimezone(UTC).date() if facts.collected_at else None,
         lab_id=facts.lab_id,
         doctor_id=facts.doctor_id,
     )

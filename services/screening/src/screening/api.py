@@ -53,6 +53,7 @@ class Screening(BaseModel):
     consent_id: uuid.UUID | None
     requested_at: datetime
     recorded_at: datetime
+    collected_at: datetime | None = Field(None, description="When the blood was drawn, as the lab reported it")
 
 
 class ScreeningPage(BaseModel):
@@ -67,7 +68,7 @@ def _present(row: store.NewScreening, t: Tenant) -> Screening:
         patient_name=t.vault.open(row.patient_name_ciphertext), cbc=store.as_json(row.cbc),
         assessment=store.as_json(row.assessment), rejection_reason=row.rejection_reason, lab_id=row.lab_id,
         doctor_id=row.doctor_id, consent_id=row.consent_id, requested_at=row.requested_at,
-        recorded_at=row.recorded_at,
+        recorded_at=row.recorded_at, collected_at=row.collected_at,
     )
 
 

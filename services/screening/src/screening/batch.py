@@ -187,6 +187,7 @@ def stored_form(row: ev.ClassifiedRow, requested_at: datetime) -> store.BatchScr
         risk_class=int(assessment.risk_class) if assessment else None,
         model_version=assessment.model.version if assessment else None,
         requested_at=requested_at, consent_id=request.consent_id, batch_row=request.row,
+        collected_at=request.collected_at,
     )
 
 
@@ -196,7 +197,8 @@ def recorded_now(row: ev.ClassifiedRow, requested_at: datetime, now: datetime) -
         screening_id=row.request.screening_id, status="classified" if row.assessment else "rejected",
         patient_external_id=row.request.patient.external_id, assessment=row.assessment,
         rejection_reason=None if row.assessment else (row.rejection_reason or "not assessed"),
-        requested_at=requested_at, recorded_at=now, patient_id=row.request.patient.patient_id)
+        requested_at=requested_at, recorded_at=now, patient_id=row.request.patient.patient_id,
+        collected_at=row.request.collected_at)
 
 
 def recorded_before(stored: store.NewScreening) -> screening_ev.ScreeningRecordedV1:
@@ -207,7 +209,7 @@ def recorded_before(stored: store.NewScreening) -> screening_ev.ScreeningRecorde
         patient_external_id=stored.patient_external_id,
         assessment=screening_ev.Assessment.model_validate(assessment) if assessment else None,
         rejection_reason=stored.rejection_reason, requested_at=stored.requested_at,
-        recorded_at=stored.recorded_at, patient_id=stored.patient_id)
+        recorded_at=stored.recorded_at, patient_id=stored.patient_id, collected_at=stored.collected_at)
 
 
 def outcome(row: int, recorded: screening_ev.ScreeningRecordedV1) -> ev.RowOutcome:

@@ -60,6 +60,7 @@ def to_row(envelope: Envelope[Any], now: datetime) -> store.NewScreening:
         recorded_at=now,
         patient_id=request.patient.patient_id,
         consent_id=request.consent_id,
+        collected_at=request.collected_at,
     )
 
 
@@ -74,6 +75,7 @@ def recorded_event(row: store.NewScreening, cause: Envelope[Any], tenant: Any) -
         requested_at=row.requested_at,
         recorded_at=row.recorded_at,
         patient_id=row.patient_id,
+        collected_at=row.collected_at,
     )
     return new_envelope(
         payload, event_type=ev.SCREENING_RECORDED[0], event_version=ev.SCREENING_RECORDED[1], tenant_id=tenant,

@@ -88,12 +88,13 @@ class NewScreening:
     consent_id: uuid.UUID | None = None
     lab_id: uuid.UUID | None = None
     doctor_id: uuid.UUID | None = None
+    collected_at: datetime | None = None
 
 
 _SCREENING_COLUMNS = (
     "s.id, p.external_id, p.name_ciphertext, s.status, s.cbc, s.assessment, s.rejection_reason, s.label, "
     "s.risk_class, s.model_version, s.requested_by, s.correlation_id, s.requested_at, s.recorded_at, "
-    "s.patient_id, s.consent_id, s.lab_id, s.doctor_id"
+    "s.patient_id, s.consent_id, s.lab_id, s.doctor_id, s.collected_at"
 )
 _FROM = "FROM screenings s JOIN patients p ON p.id = s.patient_id"
 #: Narrows patient-bound rows to the patients referred to the doctor whose user id is ``:doctor_user``.
@@ -120,9 +121,10 @@ async def record(conn: AsyncConnection, screenings: list[NewScreening]) -> list[
         )
     insert = text(
         "INSERT INTO screenings (id, patient_id, status, cbc, assessment, rejection_reason, label, risk_class, "
-        "model_version, requested_by, correlation_id, requested_at, recorded_at, consent_id, lab_id, doctor_id) "
+        "model_version, requested_by, correlation_id, requested_at, recorded_at, consent_id, lab_id, doctor_id, "
+        "collected_at) "
         "SELECT :id, p.id, :status, :cbc, :assessment, :reason, :label, :risk, :model, :by, :corr, :req, :rec, "
-        ":consent, p.lab_id, p.referring_doctor_id FROM patients p "
+        ":consent, p.lab_id, p.referring_doctor_id, :collected FROM patients p "
         "WHERE p.id = COALESCE(CAST(:pid AS uuid), (SELECT x.id FROM patients x WHERE x.external_id = :ext)) "
         "ON CONFLICT (id) DO NOTHING"
     ).bindparams(bindparam("cbc", type_=JSONB), bindparam("assessment", type_=JSONB))
@@ -132,7 +134,7 @@ async def record(conn: AsyncConnection, screenings: list[NewScreening]) -> list[
             {"id": s.id, "status": s.status, "cbc": s.cbc, "assessment": s.assessment, "reason": s.rejection_reason,
              "label": s.label, "risk": s.risk_class, "model": s.model_version, "by": s.requested_by,
              "corr": s.correlation_id, "req": s.requested_at, "rec": s.recorded_at, "ext": s.patient_external_id,
-             "pid": s.patient_id, "consent": s.consent_id}
+             "pid": s.patient_id, "consent": s.consent_id, "collected": s.collected_at}
             for s in screenings
         ],
     )
@@ -305,13 +307,14 @@ class RecordedFacts:
     recorded_at: datetime
     lab_id: uuid.UUID | None
     doctor_id: uuid.UUID | None
+    collected_at: datetime | None = None
 
 
 async def recorded_facts(conn: AsyncConnection, screening_ids: list[uuid.UUID]) -> list[RecordedFacts]:
     """The stored screenings among ``screening_ids``; the patients table is not even read."""
     rows = await conn.execute(
-        text("SELECT s.id, s.patient_id, s.status, s.cbc, s.assessment, s.recorded_at, s.lab_id, s.doctor_id "
-             "FROM screenings s WHERE s.id = ANY(:ids)"),
+        text("SELECT s.id, s.patient_id, s.status, s.cbc, s.assessment, s.recorded_at, s.lab_id, s.doctor_id, "
+             "s.collected_at FROM screenings s WHERE s.id = ANY(:ids)"),
         {"ids": screening_ids},
     )
     return [RecordedFacts(r[0], r[1], r[2], as_json(r[3]), as_json(r[4]), *r[5:]) for r in rows]
@@ -429,6 +432,7 @@ class BatchScreening:
     requested_at: datetime
     consent_id: uuid.UUID | None
     batch_row: int
+    collected_at: datetime | None = None
 
 
 async def record_batch(conn: AsyncConnection, screenings: list[BatchScreening], *, job_id: uuid.UUID,
@@ -447,16 +451,18 @@ async def record_batch(conn: AsyncConnection, screenings: list[BatchScreening], 
         "models": ("text", [s.model_version for s in screenings]),
         "requested": ("timestamptz", [s.requested_at for s in screenings]),
         "consents": ("uuid", [s.consent_id for s in screenings]), "rows": ("integer", [s.batch_row for s in screenings]),
+        "collected": ("timestamptz", [s.collected_at for s in screenings]),
     }
     arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, (kind, _) in columns.items())
     inserted = await conn.scalars(
         text("INSERT INTO screenings (id, patient_id, status, cbc, assessment, rejection_reason, label, risk_class, "
              "model_version, requested_by, correlation_id, requested_at, recorded_at, consent_id, lab_id, doctor_id, "
-             "batch_job_id, batch_row) "
+             "batch_job_id, batch_row, collected_at) "
              "SELECT v.id, p.id, v.status, CAST(v.cbc AS jsonb), CAST(v.assessment AS jsonb), v.reason, v.label, "
              "v.risk, v.model, :by, :correlation, v.requested, :recorded, v.consent, p.lab_id, p.referring_doctor_id, "
-             f":job, v.batch_row FROM unnest({arrays}) "
-             "AS v(id, patient, status, cbc, assessment, reason, label, risk, model, requested, consent, batch_row) "
+             f":job, v.batch_row, v.collected FROM unnest({arrays}) "
+             "AS v(id, patient, status, cbc, assessment, reason, label, risk, model, requested, consent, batch_row, "
+             "collected) "
              "JOIN patients p ON p.id = v.patient ON CONFLICT (id) DO NOTHING RETURNING id"),
         {name: values for name, (_, values) in columns.items()}
         | {"by": requested_by, "correlation": correlation_id, "recorded": recorded_at, "job": job_id},

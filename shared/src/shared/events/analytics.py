@@ -5,7 +5,7 @@ anything that names its patient: no name or name ciphertext, no external (lab) p
 id, no consent. The patient is a pseudonymous key, an HMAC of (organisation, patient record id) under a key
 only the screening service holds: one patient keeps one key within an organisation, the same person in two
 organisations gets unrelated keys, and without the key nobody can compute or reverse it. Age travels as a
-five-year band and the recording time as a day.
+five-year band, the recording time and the sample's collection time as days.
 
 This is pseudonymisation, not anonymisation: the screening id leads back to the clinical record for whoever
 may read the clinical topics or the organisation's records. Grant analytics consumers this topic only.
@@ -71,6 +71,8 @@ class ScreeningRecordedDeidentifiedV1(BaseModel):
     sex: Sex
     cbc: BloodCount
     recorded_on: date = Field(description="The day (UTC) the screening was recorded")
+    collected_on: date | None = Field(None, description="The day (UTC) the blood was drawn, as the lab reported "
+                                                        "it; None when not reported (optional, additive)")
     lab_id: uuid.UUID | None = Field(description="The organisation's lab record the patient belonged to")
     doctor_id: uuid.UUID | None = Field(description="The organisation's record of the referring doctor")
 

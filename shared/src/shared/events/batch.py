@@ -38,6 +38,8 @@ class BatchRow(BaseModel):
     patient: PatientReference
     cbc: CompleteBloodCount
     consent_id: uuid.UUID | None = None
+    #: When the blood was drawn, as in ``ScreeningRequestedV1`` (optional, additive).
+    collected_at: datetime | None = None
 
 
 class ScreeningBatchRequestedV1(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal
 
@@ -193,6 +193,27 @@ def panel_inconsistencies(cbc: CompleteBloodCount) -> list[str]:
 # -- request -----------------------------------------------------------------------------------------------
 
 
+#: How far ahead of the gateway's clock a collection time may be: the lab's clock may run a little fast.
+COLLECTION_CLOCK_SKEW = timedelta(minutes=5)
+#: The oldest collection time accepted: a CBC is not screened a year after the blood was drawn.
+COLLECTION_MAX_AGE = timedelta(days=365)
+
+
+def check_collection_time(collected_at: datetime, now: datetime) -> datetime:
+    """A sample's collection time as admitted at ``now``: time-zone aware, not in the future beyond the clock
+    skew, not older than ``COLLECTION_MAX_AGE``. Checked at the edge only: an event is never refused later
+    for having grown old."""
+    if collected_at.utcoffset() is None:
+        raise ValueError("collected_at needs a time zone (e.g. 2026-03-01T08:30:00Z or +05:30)")
+    if collected_at > now + COLLECTION_CLOCK_SKEW:
+        raise ValueError("collected_at is in the future: a sample is screened after its blood was drawn")
+    if collected_at < now - COLLECTION_MAX_AGE:
+        raise ValueError(f"collected_at is more than {COLLECTION_MAX_AGE.days} days ago: the sample is too old "
+                         "to be screened")
+    return collected_at
+
+
+
 class PatientReference(BaseModel):
     """The patient as it travels in events: the lab's id and the Fernet ciphertext of the name, never the name."""
 
@@ -218,6 +239,8 @@ class ScreeningRequestedV1(BaseModel):
     #: The organisation's declared expected fraction of its screened adults with serum B12 < 200 pg/mL
     #: (None: the population the model was calibrated on). Added in 1.1 (optional, additive).
     expected_prevalence: float | None = Field(None, gt=0.0, lt=1.0)
+    #: When the blood was drawn, as the lab reported it (None: not reported; optional, additive).
+    collected_at: datetime | None = None
 
 
 # -- assessment ------------------------------------------------------------------------------------------
@@ -357,6 +380,8 @@ class ScreeningRecordedV1(BaseModel):
     requested_at: datetime
     recorded_at: datetime
     patient_id: uuid.UUID | None = None
+    #: When the blood was drawn, as the lab reported it (None: not reported; optional, additive).
+    collected_at: datetime | None = None
 
 
 SCREENING_REQUESTED = ("ScreeningRequested", 1)
