@@ -37,7 +37,7 @@ CSV_HEADER = [
     "screening_id", "recorded_at", "requested_at", "status", "patient_id", "patient_external_id", "patient_name",
     "lab_id", "doctor_id", "label", "risk_class", "p_normal", "p_borderline", "p_deficient", "model_version",
     "model_artifacts_sha256", "rejection_reason", "consent_id", "hb", "rbc", "hct", "mcv", "mch", "mchc", "rdw",
-    "wbc", "platelets", "neutrophils_pct", "lymphocytes_pct", "age", "sex",
+    "wbc", "platelets", "neutrophils_pct", "lymphocytes_pct", "age", "sex", "collected_at",
 ]
 MODELS = {"Patient": Patient, "Observation": Observation, "RiskAssessment": RiskAssessment,
           "DiagnosticReport": DiagnosticReport}

@@ -75,6 +75,7 @@ EXAMPLES = {
         ASSESSED, requested_at=datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
         recorded_at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-14)))),
     "unicode text": replace(ASSESSED, model_version="2.1.0-β\n\"rc\"", model_artifacts_sha256="\\u0000 ☃"),
+    "collection time given": replace(ASSESSED, collected_at=datetime(2025, 2, 27, 7, 45, tzinfo=UTC)),
     "migrated from v1": replace(ASSESSED, status="migrated", cbc={"hb": 13.1, "mcv": 101.0, "rdw": 15.2},
                                 model_version="clinomic-v1/1.0"),
 }
@@ -137,6 +138,7 @@ def screenings(draw: st.DrawFn) -> ScreeningRecord:
         model_artifacts_sha256=draw(st.none() | TEXT) if assessed else None,
         rejection_reason=None if assessed else draw(st.none() | TEXT), lab_id=None, doctor_id=None,
         consent_id=None, requested_at=draw(INSTANTS), recorded_at=draw(INSTANTS),
+        collected_at=draw(st.none() | INSTANTS),
     )
 
 
@@ -231,3 +233,12 @@ def test_a_screening_migrated_from_v1_is_not_reported_as_a_cbc_panel() -> None:
     assert report.code.coding is None and "v1" in report.code.text
     (full,) = ex.fhir_report(ASSESSED, ORG, ex.relative_reference)
     assert full.code.coding[0].code == ex.CBC_PANEL[0]
+
+
+def test_the_values_of_a_screening_are_effective_when_the_blood_was_drawn() -> None:
+    record = EXAMPLES["collection time given"]
+    resources = ex.fhir_screening(record, ORG, ex.relative_reference)
+    dated = [r for r in resources if getattr(r, "effectiveDateTime", None) is not None]
+    assert dated and all(r.effectiveDateTime == record.collected_at for r in dated)
+    assert all(r.effectiveDateTime == ASSESSED.requested_at
+               for r in ex.fhir_screening(ASSESSED, ORG, ex.relative_reference) if hasattr(r, "effectiveDateTime"))

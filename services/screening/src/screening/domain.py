@@ -142,6 +142,12 @@ class ScreeningRecord:
     consent_id: uuid.UUID | None
     requested_at: datetime
     recorded_at: datetime
+    collected_at: datetime | None = None  # when the blood was drawn, if the lab said
+
+    @property
+    def effective_at(self) -> datetime:
+        """When the measured values held: the sample's collection time, else when the screening was asked for."""
+        return self.collected_at or self.requested_at
 
     @property
     def assessed(self) -> bool:

@@ -74,7 +74,7 @@ CBC_COLUMNS = ("hb", "rbc", "hct", "mcv", "mch", "mchc", "rdw", "wbc", "platelet
 EXPORT_COLUMNS = (
     "screening_id", "recorded_at", "requested_at", "status", "patient_id", "patient_external_id", "patient_name",
     "lab_id", "doctor_id", "label", "risk_class", "p_normal", "p_borderline", "p_deficient", "model_version",
-    "model_artifacts_sha256", "rejection_reason", "consent_id", *CBC_COLUMNS,
+    "model_artifacts_sha256", "rejection_reason", "consent_id", *CBC_COLUMNS, "collected_at",
 )
 #: A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection").
 FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r", "\n")
@@ -99,7 +99,7 @@ def csv_cells(s: ScreeningRecord, name_of: NameOf) -> list[Any]:
         "label": s.label, "risk_class": s.risk_class, "p_normal": s.p_normal, "p_borderline": s.p_borderline,
         "p_deficient": s.p_deficient, "model_version": s.model_version,
         "model_artifacts_sha256": s.model_artifacts_sha256, "rejection_reason": s.rejection_reason,
-        "consent_id": s.consent_id,
+        "consent_id": s.consent_id, "collected_at": s.collected_at,
     } | {k: s.cbc.get(k) for k in CBC_COLUMNS}
     return [csv_cell(values[c]) for c in EXPORT_COLUMNS]
 
@@ -226,13 +226,14 @@ def _results(s: ScreeningRecord, ref: Referrer) -> list[Reference]:
 
 
 def fhir_observations(s: ScreeningRecord, ref: Referrer) -> list[Observation]:
-    """One Observation per CBC analyte: LOINC code, value in its UCUM unit, taken when the lab asked.
+    """One Observation per CBC analyte: LOINC code, value in its UCUM unit, taken when the blood was drawn (when
+    the lab said; else when it asked for the screening).
     Library-built: the templates and the tests' reference."""
     subject = _subject(s, ref)
     return [
         Observation(
             id=str(observation_id(s.id, a.key)), status="final", category=_LABORATORY, code=_ANALYTE_CODES[a.key],
-            subject=subject, effectiveDateTime=s.requested_at, issued=s.recorded_at,
+            subject=subject, effectiveDateTime=s.effective_at, issued=s.recorded_at,
             valueQuantity=Quantity(value=value, unit=a.unit, system=UCUM, code=a.ucum),
         )
         for a in ANALYTES if (value := s.cbc.get(a.key)) is not None
@@ -270,7 +271,7 @@ def fhir_report(s: ScreeningRecord, org: uuid.UUID, ref: Referrer) -> list[Diagn
         id=str(s.id), identifier=[Identifier(system=screening_identifier_system(org), value=str(s.id))],
         status="final", category=_HEMATOLOGY, code=_MIGRATED_CODE if s.status == MIGRATED_STATUS else _PANEL_CODE,
         subject=_subject(s, ref),
-        effectiveDateTime=s.requested_at, issued=s.recorded_at, result=_results(s, ref) or None,
+        effectiveDateTime=s.effective_at, issued=s.recorded_at, result=_results(s, ref) or None,
         conclusion=conclusion(s), conclusionCode=[_OUTCOME_CODES[s.label]] if s.label in _OUTCOME_CODES else None,
     )]
 
@@ -364,7 +365,7 @@ def _plain(text: str) -> bool:
 def _ordinary(s: ScreeningRecord) -> bool:
     """Whether the templates alone make the screening's resources valid: datetimes with a time zone and a
     plain model version (its other text is embedded in text that is always valid)."""
-    return (s.requested_at.utcoffset() is not None and s.recorded_at.utcoffset() is not None
+    return (s.effective_at.utcoffset() is not None and s.recorded_at.utcoffset() is not None
             and (s.model_version is None or _plain(s.model_version)))
 
 
@@ -408,8 +409,8 @@ def _observed(s: ScreeningRecord) -> list[tuple[str, str, Any]]:
 
 def _observations(s: ScreeningRecord, subject: JsonObject, observed: list[tuple[str, str, Any]],
                   ) -> list[JsonObject]:
-    requested, recorded = s.requested_at, s.recorded_at
-    return [{**_OBSERVATION[key], "id": ident, "subject": subject, "effectiveDateTime": requested,
+    effective, recorded = s.effective_at, s.recorded_at
+    return [{**_OBSERVATION[key], "id": ident, "subject": subject, "effectiveDateTime": effective,
              "issued": recorded, "valueQuantity": {**_QUANTITY[key], "value": fhir_decimal(value)}}
             for key, ident, value in observed]
 
@@ -443,7 +444,7 @@ def _report(s: ScreeningRecord, org: uuid.UUID, subject: JsonObject, results: li
     ident = str(s.id)
     identifier = {**_REPORT_IDENTIFIER, "system": screening_identifier_system(org), "value": ident}
     report = {**_REPORT, "id": ident, "identifier": [identifier],
-              "subject": subject, "effectiveDateTime": s.requested_at, "issued": s.recorded_at,
+              "subject": subject, "effectiveDateTime": s.effective_at, "issued": s.recorded_at,
               "result": results, "conclusion": conclusion(s),
               "conclusionCode": [_CONCLUSION_CODE.get(s.label or "")]}
     if s.status == MIGRATED_STATUS:

@@ -253,7 +253,8 @@ async def export_screenings(conn: AsyncConnection, where: HistoryFilter, doctor_
         "(s.assessment->'probabilities'->>'normal')::float8, (s.assessment->'probabilities'->>'borderline')::float8, "
         "(s.assessment->'probabilities'->>'deficient')::float8, s.model_version, "
         "s.assessment->'model'->>'artifacts_sha256', s.rejection_reason, s.lab_id, s.doctor_id, s.consent_id, "
-        f"s.requested_at, s.recorded_at {_FROM} {condition} ORDER BY s.recorded_at DESC, s.id DESC LIMIT :limit"),
+        f"s.requested_at, s.recorded_at, s.collected_at {_FROM} {condition} "
+        "ORDER BY s.recorded_at DESC, s.id DESC LIMIT :limit"),
         params | {"limit": limit})
     return [ScreeningRecord(*r[:5], as_json(r[5]), *r[6:]) for r in rows]
 
