@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from devstack import infra, stack
+from tests.observability.otlp_receiver import OtlpReceiver
 
 HEALTHY_CBC = {
     "hb": 14.2, "rbc": 4.8, "hct": 42.5, "mcv": 88.5, "mch": 29.6, "mchc": 33.4, "rdw": 12.9, "wbc": 6.8,
@@ -30,7 +31,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def platform() -> Iterator[stack.Platform]:
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """Where the platform's services export their traces (tests/observability/test_tracing.py)."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+def tracing_env(receiver: OtlpReceiver) -> dict[str, str]:
+    """Traces on, sampling only what arrives with a sampled ``traceparent`` (the trace test's requests): the rest
+    of the suite records nothing."""
+    return {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0"}
+
+
+@pytest.fixture(scope="session")
+def platform(otlp_receiver: OtlpReceiver) -> Iterator[stack.Platform]:
     state = Path(tempfile.mkdtemp(prefix="clinomic-test-"))
     ports = {name: infra.free_port() for name in stack.DEFAULT_PORTS}
     try:
@@ -42,10 +59,11 @@ def platform() -> Iterator[stack.Platform]:
                                        # gateways); lockouts and the refresh grace window short for speed.
                                        "RATE_LIMIT_LOGIN": "100000/minute", "RATE_LIMIT_REFRESH": "100000/minute",
                                        "RATE_LIMIT_MFA": "100000/minute", "RATE_LIMIT_DEFAULT": "100000/minute",
-                                       "LOCKOUT_BASE_SECONDS": "2", "REFRESH_GRACE_SECONDS": "2",
+                                       "LOCKOUT_BASE_SECONDS": "4", "REFRESH_GRACE_SECONDS": "2",
                                        # session-scoped fixtures hold access tokens for the whole run
                                        "JWT_ACCESS_TTL_SECONDS": "3600",
-                                       "CORS_ORIGINS": "https://app.clinomic.test"}) as running:
+                                       "CORS_ORIGINS": "https://app.clinomic.test",
+                                       **tracing_env(otlp_receiver)}) as running:
             yield running
     finally:
         shutil.rmtree(state, ignore_errors=True)

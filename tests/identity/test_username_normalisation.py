@@ -42,7 +42,7 @@ async def test_a_locked_account_is_locked_under_every_spelling_and_no_look_alike
 ) -> None:
     username, password = await _user_with_an_i(gateway, org)
     await _lock(gateway, username)
-    # The platform's first lock lasts 2 s; hold it for the duration of the test (this account's row only).
+    # The platform's first lock lasts seconds; hold it for the duration of the test (this account's row only).
     key = username_digest(username, platform.env["AUDIT_SIGNING_KEY"].encode())
     async with engine.begin() as conn:
         held = await conn.execute(text("UPDATE auth.login_throttle SET locked_until = now() + interval '2 minutes' "

@@ -309,7 +309,9 @@ class IdentityService:
                              now: datetime, client_ip: str | None, reason: str) -> None:
         failures = domain.effective_failures(throttle.failures, throttle.last_failure_at, now, self._lockout) + 1
         seconds = domain.lockout_seconds(failures, self._lockout)
-        locked_until = now + timedelta(seconds=seconds) if seconds else None
+        # The lock runs from when the failure is recorded, not from when the attempt began: a slow password check
+        # must not eat into it.
+        locked_until = _now() + timedelta(seconds=seconds) if seconds else None
         await store.record_failure(tx.conn, key, failures=failures, now=now, locked_until=locked_until)
         tenant = user.org_id if user else None
         await tx.emit(ev.LoginFailedV1(username_digest=key, user_id=user.id if user else None, client_ip=client_ip,
