@@ -27,6 +27,7 @@ from faststream.message import StreamMessage
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import BaseModel
 
+from shared import tracing
 from shared.deadletter import DEAD_LETTER_TOPIC, guarded
 from shared.events.envelope import Envelope
 from shared.events.records import RECORDS_TOPIC
@@ -122,8 +123,9 @@ class GroupsJoinTogether(KafkaBroker):
 
 def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
     """A broker whose publishes wait for the full acknowledgement of the cluster (``acks=all``), instrumented
-    (``shared.metrics``) and logging each delivery with its correlation and tenant ids (``shared.observability``).
-    Its subscribers join their groups together (:class:`GroupsJoinTogether`)."""
+    (``shared.metrics``) and logging each delivery with its correlation and tenant ids (``shared.observability``);
+    with tracing on, its messages carry the trace (``shared.tracing``, outermost, so the delivery's log lines
+    carry its ``trace_id``). Its subscribers join their groups together (:class:`GroupsJoinTogether`)."""
     return GroupsJoinTogether(
         settings.kafka_bootstrap_servers,
         security=kafka_security(settings),
@@ -142,7 +144,7 @@ def make_broker(settings: CommonSettings, client_id: str) -> KafkaBroker:
         graceful_timeout=10.0,
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
-        middlewares=[kafka_middleware(client_id), LogContextMiddleware],
+        middlewares=[*tracing.kafka_middlewares(), kafka_middleware(client_id), LogContextMiddleware],
     )
 
 

@@ -1,5 +1,6 @@
-"""Structured logging: JSON lines carrying the service, the correlation id and the tenant of the work in hand,
-with a filter that keeps secrets and PHI-shaped values out of every line."""
+"""Structured logging: JSON lines carrying the service, the correlation id and the tenant of the work in hand
+(and its trace, when one is recorded), with a filter that keeps secrets and PHI-shaped values out of every
+line."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from faststream import BaseMiddleware
 from faststream.message import StreamMessage
+from opentelemetry import trace
 
 _REDACTIONS = (
     (re.compile(r"(?i)(authorization:\s*bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
@@ -136,6 +138,9 @@ class JsonFormatter(logging.Formatter):
             line["correlation_id"] = ids.correlation
         if ids is not None and ids.tenant is not None:
             line["tenant_id"] = ids.tenant
+        span = trace.get_current_span().get_span_context()
+        if span.trace_flags.sampled:  # a trace that is recorded (shared.tracing): its id finds it in the backend
+            line["trace_id"] = trace.format_trace_id(span.trace_id)
         return json.dumps(line)
 
 

@@ -20,7 +20,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from prometheus_client import Gauge
-from shared import health, metrics
+from shared import health, metrics, tracing
 from shared.db import create_engine, migrate, schema_revision
 from shared.health import health_router
 from shared.kafka import ensure_topics, make_broker
@@ -163,4 +163,5 @@ def create_app() -> FastAPI:
     app.state.metric_samplers = metrics.install(app)  # /metrics answers the service credential only
     app.include_router(api.router)
     app.include_router(health_router(lambda: app.state.checks))
+    tracing.configure_tracing("audit", app)  # off unless OTEL_* ask for it (docs/observability.md)
     return app

@@ -14,7 +14,7 @@ from auth import api, store
 from auth.keys import SigningKeys
 from auth.service import IdentityService
 from auth.settings import AuthSettings
-from shared import health, metrics
+from shared import health, metrics, tracing
 from shared.db import create_engine, migrate
 from shared.health import health_router
 from shared.kafka import ensure_topics, make_broker
@@ -75,4 +75,5 @@ def create_app() -> FastAPI:
     app.include_router(api.router)
     app.include_router(api.internal)
     app.include_router(health_router(lambda: app.state.checks))
+    tracing.configure_tracing("auth", app)  # off unless OTEL_* ask for it (docs/observability.md)
     return app

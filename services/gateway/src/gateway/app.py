@@ -20,7 +20,7 @@ from gateway.middleware import EdgeMiddleware
 from gateway.outcomes import Outcomes
 from gateway.ratelimit import RateLimits
 from gateway.settings import GatewaySettings
-from shared import health, metrics
+from shared import health, metrics, tracing
 from shared.crypto import PhiCipher
 from shared.db import create_engine, migrate
 from shared.health import health_router
@@ -68,7 +68,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                                        limits=httpx.Limits(max_connections=200, keepalive_expiry=4.0))
     # The admission check of every classify (gateway.admission), where httpx's pool cost too much CPU.
     app.state.admissions = aiohttp.ClientSession(
-        headers=credential, connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=4.0))
+        headers=credential, connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=4.0),
+        trace_configs=tracing.aiohttp_trace_configs())  # the admission continues the request's trace
     app.state.metric_samplers += [
         metrics.consumer_lag(broker),
         metrics.query_gauges(engine, BACKLOG_SQL, {"screenings": INTAKE_BACKLOG, "chunks": BATCH_BACKLOG})]
@@ -120,4 +121,5 @@ def create_app() -> FastAPI:
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes,
                        body_limits={batch_api.UPLOAD_PATH: settings.batch_max_body_bytes},
                        trusted_proxies=settings.trusted_proxies())
+    tracing.configure_tracing("gateway", app)  # off unless OTEL_* ask for it (docs/observability.md)
     return app

@@ -10,7 +10,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from inference import api, handlers
 from inference.model import B12Model, ModelArtifactError
 from inference.settings import InferenceSettings
-from shared import health, metrics
+from shared import health, metrics, tracing
 from shared.events.screening import CompleteBloodCount
 from shared.kafka import ensure_topics, make_broker
 from shared.observability import configure_logging
@@ -41,6 +41,7 @@ def create_app() -> AsgiFastStream:
     except ModelArtifactError as problem:
         raise SystemExit(f"inference: refusing to start: {problem}") from None
     credential = load_or_exit(ServiceCredential, "inference")
+    tracing.configure_tracing("inference")  # before make_broker; off unless OTEL_* ask for it
     broker = make_broker(settings, "clinomic-inference")
     handlers.register(broker, settings, model, settings.batch_size)
     state = {"ready": False}

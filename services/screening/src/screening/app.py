@@ -15,7 +15,7 @@ from screening import analytics, analytics_stream, api, batch, domain, handlers,
 from screening.outbox import Outbox
 from screening.phi import PhiVault
 from screening.settings import ScreeningSettings
-from shared import health, metrics
+from shared import health, metrics, tracing
 from shared.crypto import BlindIndex, PhiCipher
 from shared.db import create_engine, in_schema, migrate, tenant_schema
 from shared.events.records import RECORDS_TOPIC
@@ -113,4 +113,5 @@ def create_app() -> FastAPI:
     app.include_router(batch.router)
     app.include_router(analytics.router)
     app.include_router(health_router(lambda: app.state.checks))
+    tracing.configure_tracing("screening", app)  # off unless OTEL_* ask for it (docs/observability.md)
     return app
