@@ -49,9 +49,10 @@ def of_tenant(records: list[ConsumerRecord[bytes, bytes]], tenant: str) -> list[
 
 
 def carries(tenant: str, screening_ids: set[str]) -> Callable[[list[ConsumerRecord[bytes, bytes]]], bool]:
-    """Whether records read so far hold a de-identified event of the tenant for each of ``screening_ids``."""
+    """Whether records read so far hold a single screening's de-identified event of the tenant for each of
+    ``screening_ids``."""
     def complete(records: list[ConsumerRecord[bytes, bytes]]) -> bool:
-        return screening_ids <= {e["payload"]["screening_id"] for e in of_tenant(records, tenant)}
+        return screening_ids <= {e["payload"].get("screening_id") for e in of_tenant(records, tenant)}
 
     return complete
 

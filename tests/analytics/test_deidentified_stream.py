@@ -12,12 +12,22 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from devstack.stack import Platform
-from shared.events import Envelope
-from shared.events.analytics import ScreeningRecordedDeidentifiedV1
+from shared.events import Envelope, new_envelope
+from shared.events.analytics import ScreeningBatchRecordedDeidentifiedV1, ScreeningRecordedDeidentifiedV1
+from shared.events.batch import ScreeningBatchRecordedV2
+from shared.kafka import encode, headers_of
 from tests.analytics.conftest import Clinic
-from tests.analytics.helpers import ANALYTICS_TOPIC, analytics_events, carries, read_topic
+from tests.analytics.helpers import (
+    ANALYTICS_TOPIC,
+    CBC_BY_EXPECTED_CLASS,
+    analytics_events,
+    carries,
+    of_tenant,
+    read_topic,
+)
+from tests.batch.conftest import completed, csv_batch, csv_row, raw_messages, upload
 from tests.conftest import HEALTHY_CBC
-from tests.records.helpers import classified, consented_patient, new_org
+from tests.records.helpers import classified, consented_patient, create_doctor, create_lab, new_org, ok
 
 
 def bootstrap(platform: Platform) -> str:
@@ -116,9 +126,56 @@ async def test_a_redelivered_recorded_screening_is_published_again_with_the_same
 
     def of_screening(records: list[ConsumerRecord[bytes, bytes]]) -> list[dict]:
         return [e for e in (json.loads(r.value) for r in records if r.value)
-                if e["payload"]["screening_id"] == screening_id]
+                if e["payload"].get("screening_id") == screening_id]
 
     published = of_screening(await read_topic(bootstrap(platform), ANALYTICS_TOPIC,
                                               lambda found: len(of_screening(found)) >= 2))
     assert {e["event_id"] for e in published} == {first["event_id"]}
     assert all(e["payload"] == first["payload"] for e in published)
+
+
+async def test_a_recorded_chunk_is_one_de_identified_event_whose_elements_are_what_the_single_path_gives(
+    platform: Platform, gateway: httpx.AsyncClient,
+) -> None:
+    """Each element is compared with what the stream publishes for that screening announced on its own (the
+    per-row ``ScreeningRecorded`` a v1 producer would have sent, published here by the test)."""
+    org = await new_org(gateway, "analyticsbatch", roles=("lab_technician",))
+    admin, lab = org.headers["admin"], org.headers["lab"]
+    placed = await consented_patient(gateway, lab, lab_id=(await create_lab(gateway, admin))["id"],
+                                     referring_doctor_id=(await create_doctor(gateway, admin))["id"])
+    plain = await consented_patient(gateway, lab)
+    body = csv_batch(csv_row(placed["external_id"]), csv_row(plain["external_id"], **CBC_BY_EXPECTED_CLASS[3]),
+                     csv_row(placed["external_id"], **CBC_BY_EXPECTED_CLASS[2]))
+    job_id = ok(await upload(gateway, lab, body), 202)["job_id"]
+    await completed(gateway, lab, job_id)
+
+    def chunk_events(records: list[ConsumerRecord[bytes, bytes]]) -> list[dict]:
+        return [e for e in of_tenant(records, org.id) if e["event_type"] == "ScreeningBatchRecordedDeidentified"]
+
+    records = await read_topic(bootstrap(platform), ANALYTICS_TOPIC, lambda found: bool(chunk_events(found)))
+    [event] = chunk_events(records)
+    chunk = Envelope[ScreeningBatchRecordedDeidentifiedV1].model_validate(event)
+    assert (event["event_version"], event["correlation_id"]) == (1, job_id)
+    assert [r.key for r in records if r.value and json.loads(r.value)["event_id"] == event["event_id"]] == \
+        [job_id.encode()], "keyed by the job id"
+    [recorded] = await raw_messages(bootstrap(platform), "clinomic.screening.batch-recorded", job_id, at_least=1)
+    rows = Envelope[ScreeningBatchRecordedV2].model_validate_json(recorded)
+    assert [s.screening_id for s in chunk.payload.screenings] == [r.screening.screening_id for r in rows.payload.rows]
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(platform))
+    await producer.start()
+    try:
+        for row in rows.payload.rows:
+            single = new_envelope(row.screening, event_type="ScreeningRecorded", event_version=1,
+                                  tenant_id=rows.tenant_id, actor=rows.actor, causation=rows)
+            await producer.send_and_wait("clinomic.screening.recorded", encode(single),
+                                         key=str(row.screening.screening_id).encode(),
+                                         headers=[(k, v.encode()) for k, v in headers_of(single).items()])
+    finally:
+        await producer.stop()
+    singles = {e["payload"]["screening_id"]: e["payload"] for e in await analytics_events(
+        bootstrap(platform), org.id, {str(s.screening_id) for s in chunk.payload.screenings})
+        if e["event_type"] == "ScreeningRecordedDeidentified"}
+    assert [s.model_dump(mode="json") for s in chunk.payload.screenings] == \
+        [singles[str(s.screening_id)] for s in chunk.payload.screenings]
+    assert chunk.payload.screenings[0].lab_id is not None and chunk.payload.screenings[0].doctor_id is not None

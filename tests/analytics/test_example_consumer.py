@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import sys
 import uuid
@@ -65,7 +66,7 @@ async def test_the_example_consumer_counts_a_redelivered_event_once_and_skips_an
 
     def of_screening(records: list) -> list:
         return [r for r in records
-                if r.value and json.loads(r.value)["payload"]["screening_id"] == screening_id]
+                if r.value and json.loads(r.value)["payload"].get("screening_id") == screening_id]
 
     records = await read_topic(bootstrap, ANALYTICS_TOPIC, lambda found: bool(of_screening(found)))
     original = of_screening(records)[0]
@@ -93,3 +94,25 @@ async def test_the_example_consumer_counts_a_redelivered_event_once_and_skips_an
         counted_since = await process.stdout.read()
     assert before["screenings"] == 4
     assert counted_since == b"", "neither the copy nor the unknown version was counted"
+
+
+def test_the_example_consumer_counts_every_screening_of_a_chunk_event_once() -> None:
+    spec = importlib.util.spec_from_file_location("live_counts", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # its dataclass looks its module up there
+    spec.loader.exec_module(example)
+    counts = example.LiveCounts()
+
+    def screening(risk_class: int | None) -> dict:
+        return {"status": "classified" if risk_class else "rejected", "risk_class": risk_class,
+                "label": {1: "normal", 3: "deficient"}.get(risk_class) if risk_class else None}
+
+    chunk = {"event_id": "c1", "event_type": "ScreeningBatchRecordedDeidentified", "event_version": 1,
+             "payload": {"screenings": [screening(1), screening(3), screening(None)]}}
+    single = {"event_id": "s1", "event_type": "ScreeningRecordedDeidentified", "event_version": 1,
+              "payload": screening(3)}
+    assert [counts.add(chunk), counts.add(single), counts.add(chunk)] == [True, True, False]
+    assert json.loads(counts.as_json()) == {"screenings": 4, "per_status": {"classified": 3, "rejected": 1},
+                                            "per_risk_class": {"1": 1, "3": 2},
+                                            "per_label": {"deficient": 2, "normal": 1}}

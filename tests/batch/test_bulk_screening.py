@@ -15,8 +15,10 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devstack.chaos import chunk_recorded_event_id
 from devstack.stack import Platform
-from shared.events import Topic
+from shared.events import Envelope, Topic
+from shared.events.batch import SCREENING_BATCH_RECORDED_V2, ScreeningBatchRecordedV2
 from tests.batch.conftest import (
     completed,
     consented,
@@ -49,11 +51,28 @@ async def test_a_batch_with_bad_rows_reports_them_and_records_every_good_row_exa
 
     rows = await stored_rows(engine, await demo_schema(engine), job_id)
     assert [row for row, _, _ in rows] == [1, 3, 5]
-    recorded = [json.loads(m) for m in await raw_messages(platform.env["KAFKA_BOOTSTRAP_SERVERS"],
-                                                          Topic.SCREENING_RECORDED, job_id)]
-    of_job = [e for e in recorded if e["correlation_id"] == job_id]
-    assert sorted({e["payload"]["screening_id"] for e in of_job}) == sorted(sid for _, sid, _ in rows)
-    assert len({e["event_id"] for e in of_job}) == 3, "one ScreeningRecorded per recorded row"
+    [announced] = await raw_messages(platform.env["KAFKA_BOOTSTRAP_SERVERS"], Topic.SCREENING_BATCH_RECORDED, job_id)
+    chunk = Envelope[ScreeningBatchRecordedV2].model_validate_json(announced)
+    assert (chunk.event_type, chunk.event_version) == SCREENING_BATCH_RECORDED_V2
+    assert [(r.row, str(r.screening.screening_id), r.screening.status) for r in chunk.payload.rows] == rows, \
+        "one chunk event carries every recorded row, as stored"
+
+
+async def test_a_bulk_row_is_announced_only_inside_its_chunk(
+    platform: Platform, gateway: httpx.AsyncClient, lab: dict, engine: AsyncEngine
+) -> None:
+    """No ``ScreeningRecorded`` of its own; on the analytics topic, one element of its chunk's de-identified event."""
+    ids = await consented(gateway, lab, 2)
+    job_id = ok(await upload(gateway, lab, csv_batch(csv_row(ids[0]), csv_row(ids[1]))), 202)["job_id"]
+    await completed(gateway, lab, job_id)
+    bootstrap = platform.env["KAFKA_BOOTSTRAP_SERVERS"]
+    [deidentified] = await raw_messages(bootstrap, Topic.ANALYTICS_SCREENINGS, job_id, at_least=1)
+    screening_ids = [sid for _, sid, _ in await stored_rows(engine, await demo_schema(engine), job_id)]
+    assert [s["screening_id"] for s in json.loads(deidentified)["payload"]["screenings"]] == screening_ids
+    assert await raw_messages(bootstrap, Topic.SCREENING_RECORDED, job_id) == []
+    for screening_id in screening_ids:
+        assert await raw_messages(bootstrap, Topic.SCREENING_RECORDED, screening_id) == []
+        assert await raw_messages(bootstrap, Topic.ANALYTICS_SCREENINGS, screening_id) == [deidentified]
 
 
 async def test_a_redelivered_chunk_records_and_announces_nothing_new(
@@ -75,13 +94,17 @@ async def test_a_redelivered_chunk_records_and_announces_nothing_new(
     finally:
         await producer.stop()
     # each copy of either command makes the screening service announce the chunk again: 1 + 2 + 2 times
-    announced = await raw_messages(bootstrap, Topic.SCREENING_BATCH_RECORDED, job_id, at_least=5, timeout=60)
-    assert len(announced) == 5 and len({json.loads(m)["event_id"] for m in announced}) == 1
+    announced = [Envelope[ScreeningBatchRecordedV2].model_validate_json(m) for m in
+                 await raw_messages(bootstrap, Topic.SCREENING_BATCH_RECORDED, job_id, at_least=5, timeout=60)]
+    assert len(announced) == 5 and {e.event_id for e in announced} == {chunk_recorded_event_id(requested)}
+    assert len({e.payload.model_dump_json(exclude={"recorded_at"}) for e in announced}) == 1, \
+        "every copy carries the rows as first stored"
+    deidentified = await raw_messages(bootstrap, Topic.ANALYTICS_SCREENINGS, job_id, at_least=5, timeout=60)
+    assert len({json.loads(m)["event_id"] for m in deidentified}) == 1
 
     rows = await stored_rows(engine, await demo_schema(engine), job_id)
     assert [row for row, _, _ in rows] == [1, 2]
-    recorded = [json.loads(m) for m in await raw_messages(bootstrap, Topic.SCREENING_RECORDED, job_id)]
-    assert len({e["event_id"] for e in recorded if e["correlation_id"] == job_id}) == 2
+    assert await raw_messages(bootstrap, Topic.SCREENING_RECORDED, job_id) == []
     assert (await completed(gateway, lab, job_id))["recorded"] == 2
     event_id = json.loads(classified)["event_id"]
 
@@ -234,8 +257,10 @@ async def test_patient_names_of_a_batch_reach_no_topic_and_no_stored_report(
     assert accepted["accepted"] == 1
     await completed(gateway, lab, accepted["job_id"])
     bootstrap = platform.env["KAFKA_BOOTSTRAP_SERVERS"]
+    for topic in (Topic.SCREENING_BATCH_RECORDED, Topic.ANALYTICS_SCREENINGS):  # the probe reads the job's events
+        assert await raw_messages(bootstrap, topic, accepted["job_id"], at_least=1), topic
     for topic in (Topic.SCREENING_BATCH_REQUESTED, Topic.SCREENING_BATCH_CLASSIFIED, Topic.SCREENING_BATCH_RECORDED,
-                  Topic.SCREENING_RECORDED):
+                  Topic.SCREENING_RECORDED, Topic.ANALYTICS_SCREENINGS):
         assert await raw_messages(bootstrap, topic, name) == [], topic
     async with engine.connect() as conn:
         leaked = await conn.scalar(

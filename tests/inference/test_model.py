@@ -133,23 +133,6 @@ def test_without_a_declared_prevalence_the_model_speaks_for_its_training_populat
     assert a.advice.prevalence.source == "model"
 
 
-def test_batch_assessment_equals_row_by_row(shipped_model: B12Model) -> None:
-    x = PANELS[:40]
-    batch = shipped_model.assess(x)
-    single = [shipped_model.assess(x[i : i + 1])[0] for i in range(len(x))]
-    assert all(_close(a.model_dump(), b.model_dump()) for a, b in zip(batch, single, strict=True))
-
-
-def _close(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
 def test_top_contributions_are_signed_shap_values_that_explain_the_calibrated_log_odds(shipped_model) -> None:
     x = PANELS[:200]
     p1, p2 = shipped_model.predict_proba(x, [0.05] * len(x))

@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.metrics import DEAD_LETTERS
 from shared.observability import redact
+from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +241,31 @@ def as_dead_letter(record: Any) -> DeadLetter:
     )
 
 
-async def read_dead_letters(bootstrap_servers: str, *, timeout: float = 10.0) -> list[DeadLetter]:
+def security_options(settings: CommonSettings | None) -> dict[str, Any]:
+    """The TLS/SASL options of the operator's clients below: the services' own (``shared.kafka.client_options``),
+    from ``settings`` or, by default, the environment (``KAFKA_SECURITY_PROTOCOL`` and its companions)."""
+    from shared.kafka import client_options  # shared.kafka imports this module: imported when first needed
+
+    return client_options(settings or CommonSettings())
+
+
+def dead_letter_reader(bootstrap_servers: str, *, settings: CommonSettings | None = None,
+                       timeout: float = 10.0) -> AIOKafkaConsumer:
+    """A consumer without a group (it commits nothing) that connects as the services do."""
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=5,
+                            request_timeout_ms=int(timeout * 1000), **security_options(settings))
+
+
+def replay_producer(bootstrap_servers: str, *, settings: CommonSettings | None = None) -> AIOKafkaProducer:
+    """A producer with the services' acknowledgement (``acks=all``) and connection security."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=False,
+                            **security_options(settings))
+
+
+async def read_dead_letters(bootstrap_servers: str, *, settings: CommonSettings | None = None,
+                            timeout: float = 10.0) -> list[DeadLetter]:
     """Every message of the dead-letter topic, oldest first (read without a consumer group: commits nothing)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                                fetch_max_wait_ms=5, request_timeout_ms=int(timeout * 1000))
+    consumer = dead_letter_reader(bootstrap_servers, settings=settings, timeout=timeout)
     await consumer.start()
     try:
         if DEAD_LETTER_TOPIC not in await consumer.topics():
@@ -267,10 +289,11 @@ async def read_dead_letters(bootstrap_servers: str, *, timeout: float = 10.0) ->
         await consumer.stop()
 
 
-async def replay(bootstrap_servers: str, letters: Sequence[DeadLetter]) -> int:
+async def replay(bootstrap_servers: str, letters: Sequence[DeadLetter], *,
+                 settings: CommonSettings | None = None) -> int:
     """Publish each letter's original bytes to its original topic again (consumers ignore duplicates, so a
     group that had processed it is unaffected); returns how many were sent."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=False)
+    producer = replay_producer(bootstrap_servers, settings=settings)
     await producer.start()
     try:
         for letter in letters:

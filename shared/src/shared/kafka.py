@@ -229,35 +229,54 @@ def subscribe(broker: KafkaBroker, *topics: str, **options: Any) -> Any:
     return register
 
 
-def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms: int | None = None) -> dict[str, Any]:
+def polling(settings: CommonSettings, background: bool) -> dict[str, int]:
+    """How often an idle consumer asks: milliseconds on the classify path, a relaxed period off it.
+
+    The bundled broker holds an empty fetch for the whole ``fetch_max_wait_ms`` and does not answer early when
+    a record arrives, so that ceiling is a polling period: an idle consumer costs one fetch per ceiling, and a
+    record waits up to one ceiling (a backlog is answered at once). A request on the consumer's connection (log
+    ends, offset resets, metadata) waits behind the fetch in flight, so the ceiling must stay well below
+    :data:`ASSIGNMENT_CHECK_SECONDS` (``docs/decisions.md``, "Development infrastructure"). A batch subscriber
+    that found nothing also sleeps ``batch_timeout_ms`` before it looks again (it takes records at once when
+    they come): off the classify path it need not wake 100 times a second.
+    """
+    if not background:
+        return {"fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms}
+    relaxed = settings.kafka_background_fetch_max_wait_ms
+    return {"fetch_max_wait_ms": relaxed, "batch_timeout_ms": relaxed}
+
+
+def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms: int | None = None,
+                  background: bool = False) -> dict[str, Any]:
     """Subscriber options for a consumer group that commits only what it has processed.
 
-    ``fetch_max_wait_ms`` overrides the platform's long-poll ceiling for a consumer that need not react within
-    milliseconds (bulk screening): an idle consumer costs the broker one empty fetch per ceiling.
+    ``background`` is for a consumer off the classify path (the ledger, caches, the analytics copy): it polls
+    at the relaxed period (:func:`polling`). ``fetch_max_wait_ms`` sets a ceiling of its own (bulk screening).
     """
     return {
         "decoder": raw_body,
         "group_id": group_id,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms,
+        **polling(settings, background),
+        **({"fetch_max_wait_ms": fetch_max_wait_ms} if fetch_max_wait_ms else {}),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "session_timeout_ms": SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
     }
 
 
-def every_event_from_now(settings: CommonSettings, name: str) -> dict[str, Any]:
+def every_event_from_now(settings: CommonSettings, name: str, *, background: bool = False) -> dict[str, Any]:
     """Subscriber options for a process that must see every event from its start on (waiters, caches).
 
     The consumer group is the process's own, so each replica sees every event, and it commits nothing: a
     committed position would only be read back after a rejoin, which is when the consumer should instead
-    start again at the end of the log.
+    start again at the end of the log. ``background`` as for :func:`at_least_once`.
     """
     return {
         "decoder": raw_body,
         "group_id": f"{name}-{uuid.uuid4().hex}",
         "auto_offset_reset": "latest",
-        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        **polling(settings, background),
         "ack_policy": AckPolicy.MANUAL,
         "session_timeout_ms": SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,

@@ -29,6 +29,9 @@ class CommonSettings(BaseSettings):
     postgres_db: str = "clinomic"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_fetch_max_wait_ms: int = Field(5, description="Long-poll ceiling of consumers; low keeps hops fast")
+    kafka_background_fetch_max_wait_ms: int = Field(
+        500, ge=1, le=1000, description="Long-poll ceiling of consumers off the classify path (ledger, caches, "
+        "analytics copy); an idle consumer costs one fetch per ceiling (docs/decisions.md)")
     kafka_topic_partitions: int = Field(4, ge=1, description="Partitions of each topic this service creates")
     kafka_topic_replication_factor: int = Field(
         1, ge=1, description="Replicas of each topic this service creates (1: one broker; 3 in production)")

@@ -329,6 +329,7 @@ def watch_revocations(broker: KafkaBroker, verifier: TokenVerifier, settings: Co
         async def on_partitions_assigned(self, assigned: Any) -> None:
             verifier.resync_soon()
 
-    @subscribe(broker, Topic.IDENTITY, listener=_Resync(), **every_event_from_now(settings, "revocations"))
+    @subscribe(broker, Topic.IDENTITY, listener=_Resync(),
+               **every_event_from_now(settings, "revocations", background=True))
     async def revocation_events(raw: bytes) -> None:
         apply_revocation_event(verifier.revocations, raw)

@@ -11,6 +11,7 @@ after recovery about as fast as before the fault.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 import uuid
@@ -26,10 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from devstack import batch, stack
 from devstack.stack import Platform
+from shared.events.envelope import derived_event_id
 
-#: The three events of one classify, each expected once in the ledger; a batch row has its ScreeningRecorded.
+#: The three events of one classify, each expected once in the ledger; a batch row is audited by the one
+#: ``ScreeningBatchRecorded`` entry of its chunk (see :func:`chunk_recorded_event_id`).
 CLASSIFY_EVENTS = ("ScreeningRequested", "ScreeningClassified", "ScreeningRecorded")
-BATCH_EVENTS = ("ScreeningRecorded",)
 #: After recovery classify may be this much slower than before the fault and still count as usual.
 LATENCY_FACTOR, LATENCY_SLACK_MS = 3.0, 200.0
 PROBES = 15
@@ -303,6 +305,13 @@ async def tenant_schema(engine: AsyncEngine, slug: str = "demo") -> str:
                                       "ON o.id = t.org_id WHERE o.slug = :s"), {"s": slug})
 
 
+def chunk_recorded_event_id(command: bytes) -> uuid.UUID:
+    """The event id of a chunk's ``ScreeningBatchRecorded``, derived from its command's as inference derives the
+    classified chunk's and the screening service the recorded chunk's: the same for every redelivery."""
+    requested = uuid.UUID(json.loads(command)["event_id"])
+    return derived_event_id(derived_event_id(requested, "ScreeningBatchClassified"), "ScreeningBatchRecorded")
+
+
 async def count_into(seen: Observed, engine: AsyncEngine, schema: str, job_id: str | None) -> None:
     """Rows per accepted id, the batch's rows, complete ledger trails, duplicate ledger event ids."""
     ids = sorted(seen.accepted)
@@ -320,10 +329,12 @@ async def count_into(seen: Observed, engine: AsyncEngine, schema: str, job_id: s
                                              "WHERE batch_job_id = :j"), {"j": job_id})).all()
             seen.batch_rows = [row for row, _ in found]
             batch_ids = [i for _, i in found]
-            seen.batch_trails = await conn.scalar(text(
-                "SELECT count(DISTINCT r.id) FROM unnest(CAST(:ids AS text[])) AS r(id) "
-                "JOIN audit.entries e ON e.refs @> ARRAY[r.id] AND e.event_type = ANY(:types)"),
-                {"ids": batch_ids, "types": list(BATCH_EVENTS)})
+            chunks = {chunk_recorded_event_id(command): rows for rows, command in (await conn.execute(text(
+                "SELECT rows, command FROM gateway.batch_chunks WHERE job_id = :j"), {"j": job_id})).all()}
+            audited = set((await conn.scalars(text("SELECT event_id FROM audit.entries WHERE event_id = ANY(:e)"),
+                                              {"e": list(chunks)})).all())
+            seen.batch_trails = sum(rows for event_id, rows in chunks.items() if event_id in audited)
+            batch_ids.append(job_id)  # every chunk entry names its job
         seen.ledger_duplicates = await conn.scalar(text(
             "SELECT count(*) FROM (SELECT event_id FROM audit.entries e WHERE e.refs && CAST(:ids AS text[]) "
             "GROUP BY event_id HAVING count(*) > 1) d"), {"ids": ids + batch_ids})

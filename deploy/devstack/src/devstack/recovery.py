@@ -133,6 +133,7 @@ def restart_rounds(state_dir: Path, *, restarts: int, outage: float, timeout: fl
     and time every consumer group's return each time."""
     from devstack import infra, stack
     from shared.kafka import ensure_topics
+    from shared.settings import CommonSettings
 
     ports = {name: infra.free_port() for name in stack.DEFAULT_PORTS}
     rounds: list[dict[str, float | None]] = []
@@ -141,6 +142,9 @@ def restart_rounds(state_dir: Path, *, restarts: int, outage: float, timeout: fl
         if broker is None:
             raise SystemExit("clinomic recovery restarts the bundled broker: unset KAFKA_BOOTSTRAP_SERVERS")
         partitions = int(platform.env["KAFKA_TOPIC_PARTITIONS"])
+        polled = CommonSettings.model_validate({k.lower(): v for k, v in platform.env.items()})
+        echo(f"consumers poll every {polled.kafka_fetch_max_wait_ms} ms on the classify path, every "
+             f"{polled.kafka_background_fetch_max_wait_ms} ms off it")
         until_settled(platform.logs, timeout=timeout)
         for n in range(1, restarts + 1):
             broker.stop()

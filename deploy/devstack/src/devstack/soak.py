@@ -2,9 +2,10 @@
 
 Open loop means requests are sent on a schedule (``rate`` per second) whether or not earlier ones have
 answered, so latency is measured at a chosen load rather than restating throughput (as closed-loop clients
-do by Little's law). Each window reports requests, answers by status, latency percentiles, every service's
-resident memory and the gateway's intake backlog (accepted, not yet recorded). Nothing is asserted here:
-the figures are printed, and the aims (no errors, memory growth under 10 %) are stated beside them.
+do by Little's law); each latency runs from when the request was due (``devstack.bench.open_loop``). Each
+window reports requests, answers by status, latency percentiles, every service's resident memory and the
+gateway's intake backlog (accepted, not yet recorded). Nothing is asserted here: the figures are printed, and
+the aims (no errors, memory growth under 10 %) are stated beside them.
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ import aiohttp
 from sqlalchemy import text
 
 from devstack import stack
-from devstack.bench import BENCH_PATIENT_NAME, cbc_variant, consented_patients
+from devstack.bench import (
+    BENCH_PATIENT_NAME,
+    IN_FLIGHT_SECONDS,
+    cbc_variant,
+    consented_patients,
+    lab_login,
+    open_loop,
+)
+from devstack.figures import percentile
 from shared.db import create_engine
 
-#: In flight at most this many rate-seconds of requests; beyond it a request is shed (counted, not sent).
-IN_FLIGHT_SECONDS = 5
 RSS_GROWTH_AIM = 0.10
 KEEPALIVE_SECONDS = 3.0
 
@@ -39,13 +46,6 @@ def rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass
@@ -125,46 +125,28 @@ async def soak(gateway_url: str, database_url: str, *, rate: float, seconds: flo
     windows: list[Window] = []
     try:
         async with aiohttp.ClientSession(gateway_url, connector=connector) as http:
-            async with http.post("/api/auth/login",
-                                 json={"username": "lab_demo", "password": stack.DEMO_PASSWORD}) as login:
-                login.raise_for_status()
-                headers = {"Authorization": f"Bearer {(await login.json())['access_token']}"}
+            headers = await lab_login(http)
             pool = await consented_patients(http, headers, patients)
             rng = random.Random(20240617)
             in_flight: set[asyncio.Task[None]] = set()
 
-            async def one(into: Window) -> None:
+            async def one(into: Window, due: float) -> None:
                 external_id, sex = rng.choice(pool)
                 body = {"patient": {"external_id": external_id, "name": BENCH_PATIENT_NAME},
                         "cbc": cbc_variant(rng) | {"sex": sex}}
-                started = time.perf_counter()
                 try:
                     async with http.post("/api/screening/classify", json=body, headers=headers) as response:
                         await response.read()
                         into.answers[str(response.status)] += 1
                 except (aiohttp.ClientError, TimeoutError) as problem:
                     into.answers[type(problem).__name__] += 1
-                into.latencies_ms.append((time.perf_counter() - started) * 1000)
+                into.latencies_ms.append((time.perf_counter() - due) * 1000)
 
-            count = max(1, round(seconds / window))
-            interval = 1.0 / rate
-            for index in range(count):
+            for index in range(max(1, round(seconds / window))):
                 current = Window(index + 1)
                 windows.append(current)
-                start = time.perf_counter()
-                sent = 0
-                while (now := time.perf_counter()) - start < window:
-                    due = int((now - start) / interval) + 1
-                    while sent < due:
-                        sent += 1
-                        if len(in_flight) >= cap:
-                            current.shed += 1
-                            continue
-                        task = asyncio.create_task(one(current))
-                        in_flight.add(task)
-                        task.add_done_callback(in_flight.discard)
-                        current.sent += 1
-                    await asyncio.sleep(min(interval, 0.01))
+                current.sent, current.shed = await open_loop(
+                    rate, window, lambda due, into=current: one(into, due), in_flight=in_flight, cap=cap)
                 current.rss = {name: rss_bytes(pid) for name, pid in pids.items()}
                 current.backlog = await _backlog(engine)
                 echo(json.dumps(current.row()))

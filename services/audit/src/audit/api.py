@@ -30,6 +30,8 @@ from audit.verifier import entry_line, export_header
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 Reader = Annotated[Principal, Depends(require_roles(Role.ORG_ADMIN, Role.AUDITOR, Role.PLATFORM_ADMIN))]
+#: Screenings belong to organisations: only their own compliance staff (admins, auditors) prove them.
+OrgReader = Annotated[Principal, Depends(require_roles(Role.ORG_ADMIN, Role.AUDITOR))]
 Seq = Annotated[int, Query(ge=1, le=2**62)]
 SeqPath = Annotated[int, Path(ge=1, le=2**62)]
 
@@ -95,6 +97,7 @@ class VerifyReport(BaseModel):
     reason: str | None
     detail: str | None
     hmac_checked: bool
+    chunk_entries: int
     merkle_nodes_checked: int
     tree_heads_checked: int
     external_tree_heads: int | None
@@ -204,6 +207,20 @@ async def inclusion_proof(
     async with request.app.state.engine.connect() as conn:
         try:
             return await proofs.inclusion(conn, chain_of(principal), seq, tree_size)
+        except proofs.ProofError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+
+
+@router.get("/screenings/{screening_id}/proof")
+async def screening_proof(request: Request, principal: OrgReader, screening_id: uuid.UUID) -> dict[str, Any]:
+    """The proof that a screening of the caller's organisation was recorded, for ``clinomic-audit-verify
+    verify-proof``: the entry recording it with its inclusion proof up to the newest signed tree head covering
+    it, and, for a row of a bulk chunk, the row's digest and Merkle path to the root the chunk entry commits
+    to.
+    Another organisation's screening is 404, like an unknown one."""
+    async with request.app.state.engine.connect() as conn:
+        try:
+            return await proofs.screening(conn, chain_of(principal), screening_id)
         except proofs.ProofError as exc:
             raise HTTPException(exc.status, str(exc)) from None
 

@@ -11,6 +11,10 @@
 * **Proofs**: :func:`audit.proofs.inclusion` and :func:`audit.proofs.consistency` (what the API runs), with
   their database round trips; every proof is checked against the signed head (not timed).
 
+:func:`compare_chunks` (``clinomic-audit bench-chunks``) appends the same rows as per-row
+``ScreeningRecorded`` entries and as one ``ScreeningBatchRecorded`` v2 entry per 250 rows, through the same
+Appender, and times both.
+
 A fresh database ``clinomic_audit_bench`` on the given server is created, and dropped afterwards unless
 ``keep``. Its login role is ``clinomic_audit_bench`` (not the platform's, whose password must not change).
 """
@@ -26,7 +30,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from audit import checker, proofs, store
-from audit.handlers import Appender
+from audit.handlers import Appender, item_of
 from audit.ledger import chain_id_for_tenant
 from audit.merkle import verify_consistency, verify_inclusion
 from audit.ops import prepare_database
@@ -117,6 +121,93 @@ def _ms(values: list[float]) -> dict[str, float]:
     }
 
 
+async def _fresh_database(admin_dsn: str, database: str) -> tuple[Any, str]:
+    """Create ``database`` afresh, provision the runtime role and migrate; (the server's admin engine, for
+    dropping it afterwards, and the runtime role's URL)."""
+    admin_url = make_url(admin_dsn)
+    server = create_async_engine(admin_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    async with server.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        await conn.execute(text(f'CREATE DATABASE "{database}"'))
+    bench_admin = admin_url.set(database=database).render_as_string(hide_password=False)
+    return server, await prepare_database(bench_admin, ROLE, "bench-" + uuid.uuid4().hex)
+
+
+def chunk_messages(rng: random.Random, rows: list[tuple[bytes, str]], size: int) -> list[tuple[bytes, str]]:
+    """The same rows as ``ScreeningBatchRecorded`` v2 events of ``size`` rows each, numbered in order."""
+    out = []
+    for start in range(0, len(rows), size):
+        part = [json.loads(raw) for raw, _ in rows[start : start + size]]
+        envelope = {k: part[0][k] for k in ("occurred_at", "tenant_id", "actor", "correlation_id")} | {
+            "event_id": _uid(rng),
+            "event_type": "ScreeningBatchRecorded",
+            "event_version": 2,
+            "causation_id": _uid(rng),
+            "payload": {
+                "job_id": part[0]["correlation_id"],
+                "chunk": start // size,
+                "recorded_at": part[0]["occurred_at"],
+                "rows": [{"row": start + i + 1, "screening": e["payload"]} for i, e in enumerate(part)],
+            },
+        }
+        out.append((json.dumps(envelope).encode(), "clinomic.screening.batch-recorded"))
+    return out
+
+
+async def compare_chunks(
+    admin_dsn: str, *, rows: int, chunk: int = 250, rounds: int = 3, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Append ``rows`` rows as per-row entries (batches of 1000 messages, as the subscriber hands them over)
+    and as chunk entries (4 chunks per append), each round on fresh chains; also the CPU of preparing each
+    (parsing, committing, canonicalising) alone. The database is ``<DATABASE>_chunks``, dropped afterwards."""
+    database = f"{DATABASE}_chunks"
+    server, runtime = await _fresh_database(admin_dsn, database)
+    engine = create_engine(runtime, application_name="clinomic-audit-bench", search_path=store.SCHEMA)
+    figures: dict[str, Any] = {"rows": rows, "chunk_rows": chunk, "host_sha256_64b_per_s": host_speed()}
+    rng = random.Random(7)
+    users = [_uid(rng) for _ in range(50)]
+    chunks_per_round = -(-rows // chunk)
+    per_row_s: list[float] = []
+    chunked_s: list[float] = []
+    try:
+        appender = Appender(engine, KEY_ID, KEY)
+        for n in range(rounds):
+            singles = make_messages(rng, _uid(rng), users, 0, rows)
+            chunked = chunk_messages(rng, make_messages(rng, _uid(rng), users, 0, rows), chunk)
+            t0 = time.perf_counter()
+            for i in range(0, rows, 1000):
+                await appender.append_raw(singles[i : i + 1000])
+            per_row_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for i in range(0, len(chunked), 4):
+                await appender.append_raw(chunked[i : i + 4])
+            chunked_s.append(time.perf_counter() - t0)
+            progress(f"round {n + 1}: per-row {per_row_s[-1]:.2f} s, chunked {chunked_s[-1]:.2f} s")
+        t0 = time.perf_counter()
+        for raw, topic in singles[:chunk]:
+            item_of(raw, topic)
+        prepare_rows_ms = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        kept = item_of(*chunked[0])
+        prepare_chunk_ms = (time.perf_counter() - t0) * 1000
+    finally:
+        await engine.dispose()
+        async with server.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        await server.dispose()
+    figures["per_row_entries_rows_per_s_each_round"] = [round(rows / s) for s in per_row_s]
+    figures["chunk_entries_rows_per_s_each_round"] = [round(rows / s) for s in chunked_s]
+    figures["ms_per_chunk_as_per_row_entries_median"] = round(
+        statistics.median(per_row_s) / chunks_per_round * 1000, 1
+    )
+    figures["ms_per_chunk_entry_median"] = round(statistics.median(chunked_s) / chunks_per_round * 1000, 1)
+    figures["prepare_ms_per_chunk_as_rows"] = round(prepare_rows_ms, 1)
+    figures["prepare_ms_per_chunk_entry"] = round(prepare_chunk_ms, 1)
+    figures["chunk_message_kb"] = round(len(chunked[0][0]) / 1000, 1)
+    figures["chunk_entry_content_kb"] = round(len(kept.content) / 1000, 1)
+    return figures
+
+
 async def run(
     admin_dsn: str,
     *,
@@ -128,13 +219,7 @@ async def run(
     workers: int | None = None,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
-    admin_url = make_url(admin_dsn)
-    server = create_async_engine(admin_url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    async with server.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        await conn.execute(text(f'CREATE DATABASE "{DATABASE}"'))
-    bench_admin = admin_url.set(database=DATABASE).render_as_string(hide_password=False)
-    runtime = await prepare_database(bench_admin, ROLE, "bench-" + uuid.uuid4().hex)
+    server, runtime = await _fresh_database(admin_dsn, DATABASE)
     engine = create_engine(runtime, application_name="clinomic-audit-bench", search_path=store.SCHEMA)
     figures: dict[str, Any] = {"entries": entries, "batch": batch}
     try:
@@ -261,9 +346,9 @@ async def run(
 
 
 def with_embedded_postgres(
-    *, entries: int, batch: int, proof_count: int, workers: int | None, progress: Callable[[str], None]
+    work: Callable[[str], Awaitable[dict[str, Any]]], progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Run against a throwaway embedded PostgreSQL (needs the workspace's dev stack installed)."""
+    """``work(admin_dsn)`` against a throwaway embedded PostgreSQL (needs the workspace's dev stack)."""
     import asyncio
 
     try:
@@ -275,8 +360,4 @@ def with_embedded_postgres(
     with tempfile.TemporaryDirectory(prefix="audit-bench-pg-") as tmp, contextlib.ExitStack() as stack:
         dsn, described = stack.enter_context(infra.postgres(Path(tmp) / "pgdata", ephemeral=True))
         progress(f"PostgreSQL: {described}")
-        return asyncio.run(
-            run(
-                dsn, entries=entries, batch=batch, proof_count=proof_count, workers=workers, progress=progress
-            )
-        )
+        return asyncio.run(work(dsn))

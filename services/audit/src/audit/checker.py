@@ -4,7 +4,10 @@ Three checks over a range of one chain (the whole chain by default), reported to
 
 1. **Entries**: recompute every entry hash, check sequence numbers, links and HMACs (``verify_rows``,
    the same checks as the offline verifier) and stop the chain check at the first broken entry; the
-   hashes of later entries are still recomputed for the next two checks.
+   hashes of later entries are still recomputed for the next two checks. Each chunk entry's ``rows_root``
+   is recomputed from the row digests it lists (``verifier.chunk_problem``, as the offline verifier does):
+   the entry hash covers both, so this catches a commitment that was wrong when sealed, or rewritten by
+   someone who also recomputed the hashes and HMACs.
 2. **Stored Merkle nodes**: rebuild every complete subtree inside the range from the *recomputed* entry
    hashes and compare it with ``merkle_nodes`` (a missing, extra or different node is reported with the
    entries it covers).
@@ -13,8 +16,9 @@ Three checks over a range of one chain (the whole chain by default), reported to
    must be the root of the recomputed tree at its size; a head larger than the chain means entries are
    missing at the end. A head found only in the external log means the database lost it.
 
-The first broken entry is the chain check's when the chain breaks; otherwise the first entry a bad node
-covers, or the first entry after the largest head that still matches, or the first missing entry.
+The first broken entry is the chain check's when the chain breaks; otherwise the first chunk entry whose
+root does not match, or the first entry a bad node covers, or the first entry after the largest head that
+still matches, or the first missing entry.
 
 Speed: the first two checks are CPU work in Python (decoding rows, hashing), so a long range is cut into
 segments of 2**15 entries aligned on Merkle subtrees and verified by a pool of worker processes, each with
@@ -41,10 +45,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from audit import store
+from audit import domain, store
 from audit.ledger import HASH_SIZE, Verification, compute_entry_hash, verify_rows
 from audit.merkle import LEAF_PREFIX, public_key_id, range_nodes, verify_tree_head
 from audit.treeheads import TreeHeadLog
+from audit.verifier import chunk_problem
 
 _ZERO = bytes(HASH_SIZE)
 #: The leaf standing for an entry that is missing or unreadable: the leaf of an all-zero hash.
@@ -66,6 +71,7 @@ class ChainReport:
     reason: str | None = None
     detail: str | None = None
     hmac_checked: bool = True
+    chunk_entries: int = 0
     merkle_nodes_checked: int = 0
     tree_heads_checked: int = 0
     external_tree_heads: int | None = None
@@ -142,6 +148,9 @@ class Segment:
     levels: list[bytes]
     nodes_checked: int = 0
     node_problem: tuple[int, int, int, str] | None = None
+    chunk_entries: int = 0
+    #: ``(seq, what is wrong)`` of each chunk entry whose listed row digests do not hash to its rows_root.
+    chunk_problems: list[tuple[int, str]] = field(default_factory=list)
 
 
 async def verify_segment(
@@ -161,10 +170,16 @@ async def verify_segment(
             "SELECT entry_hash FROM entries WHERE chain_id = $1 AND seq = $2", chain_id, first - 1
         )
     leaves: list[bytes] = []  # leaf hashes of the recomputed entry hashes by position: seq first + i
-    state: dict[str, Any] = {"chain": None, "checked": 0, "expected": first, "prev": prev}
-    sha = hashlib.sha256
+    state: dict[str, Any] = {"chain": None, "checked": 0, "expected": first, "prev": prev, "chunks": 0}
+    chunk_problems: list[tuple[int, str]] = []
+    sha, chunk_type = hashlib.sha256, domain.CHUNK_EVENT_TYPE
 
     def check(rows: list[Any]) -> None:
+        for row in [r for r in rows if r[2] == chunk_type]:
+            problem = chunk_problem(row[2], row[6])
+            state["chunks"] += problem != ""
+            if problem:
+                chunk_problems.append((row[0], problem))
         chain: Verification | None = state["chain"]
         if chain is None or chain.ok:
             n0 = len(leaves)
@@ -208,7 +223,9 @@ async def verify_segment(
     stored_task = asyncio.ensure_future(store.raw_node_levels(pg, chain_id, _level_ranges(lo, hi, 1)))
     levels = await asyncio.to_thread(_Levels.build, lo, b"".join(leaves))
     nodes_checked, problem = _node_problem(levels, await stored_task, lo, hi, 1)
-    return Segment(first, last, checked, chain, levels.data, nodes_checked, problem)
+    return Segment(
+        first, last, checked, chain, levels.data, nodes_checked, problem, state["chunks"], chunk_problems
+    )
 
 
 #: In a worker process: one event loop and one connection per database, kept between segments.
@@ -393,6 +410,7 @@ async def check_chain(
                 report.first_broken_seq = segment.verification.first_broken_seq
                 report.reason, report.detail = segment.verification.reason, segment.verification.detail
                 break
+        _report_chunks(report, segments)
         nodes += [(s.nodes_checked, s.node_problem) for s in segments]
         _report_nodes(report, nodes)
         heads = await store.tree_heads(conn, chain_id)
@@ -493,6 +511,17 @@ def _node_problem(
         candidate = (idx * span + 1, level, idx, what)
         worst = candidate if worst is None else min(worst, candidate)
     return checked, worst
+
+
+def _report_chunks(report: ChainReport, segments: Sequence[Segment]) -> None:
+    """Count the chunk entries checked; each whose root does not match becomes a problem, and the first of
+    them the first broken entry when the entries themselves checked out."""
+    report.chunk_entries = sum(s.chunk_entries for s in segments)
+    problems = sorted(p for s in segments for p in s.chunk_problems)
+    report.problems += [f"entry {seq}: {what}" for seq, what in problems]
+    if problems and report.first_broken_seq is None:
+        report.first_broken_seq, report.reason = problems[0][0], "chunk root mismatch"
+        report.detail = f"entry {problems[0][0]}: {problems[0][1]}"
 
 
 def _report_nodes(report: ChainReport, parts: Sequence[tuple[int, tuple[int, int, int, str] | None]]) -> None:

@@ -2,10 +2,11 @@
 
     clinomic-audit-verify verify LEDGER.jsonl --tree-heads HEADS.jsonl --public-key log.pub.pem \
         [--hmac-key-file keys.json] [--check-content] [--json]
+    clinomic-audit-verify verify-proof PROOF.json --public-key log.pub.pem [--screening S.json] [--json]
     clinomic-audit-verify bench --entries 1000000
 
-Exit status of ``verify``: 0 when everything checks out, 1 when the ledger fails verification, 2 when the
-inputs cannot be read.
+Exit status of ``verify`` and ``verify-proof``: 0 when everything checks out, 1 when the ledger or the
+proof fails verification, 2 when the inputs cannot be read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from audit.verifier import (
     load_tree_heads,
     parse_hmac_keys,
     verify_export,
+    verify_screening_proof,
 )
 
 app = typer.Typer(
@@ -92,6 +94,36 @@ def verify(
     else:
         typer.echo(report.summary())
     raise typer.Exit(code=0 if ok else 1)
+
+
+@app.command("verify-proof")
+def verify_proof(
+    proof: Annotated[
+        Path, typer.Argument(help="A screening's proof (GET /api/audit/screenings/{id}/proof).")
+    ],
+    public_key: Annotated[
+        list[Path],
+        typer.Option("--public-key", help="Ed25519 public key (PEM) of the tree-head signer; repeatable."),
+    ],
+    screening: Annotated[
+        Path | None,
+        typer.Option("--screening", help="The screening as recorded (JSON): check it against the proof too."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Check one screening's proof: its row, its chunk's root, the entry, the entry's place in the chain and
+    the signed tree head, with nothing but the public key."""
+    try:
+        keys = [path.read_bytes() for path in public_key]
+        document = json.loads(proof.read_text(encoding="utf-8"))
+        content = json.loads(screening.read_text(encoding="utf-8")) if screening is not None else None
+        if content is not None and not isinstance(content, dict):
+            raise ValueError("--screening must hold one JSON object")
+        check = verify_screening_proof(document, public_keys=keys, screening=content)
+    except (OSError, ValueError) as exc:
+        raise _fail_input(str(exc)) from None
+    typer.echo(json.dumps(check.to_dict(), indent=2) if json_output else check.summary())
+    raise typer.Exit(code=0 if check.ok else 1)
 
 
 @app.command()

@@ -1,10 +1,21 @@
-"""What the ledger keeps of an event: the envelope, minus anything that may not live forever."""
+"""What the ledger keeps of an event: the envelope, minus anything that may not live forever.
+
+A recorded chunk of a bulk upload (``ScreeningBatchRecorded`` v2) is kept as a *commitment*: each row's
+number, screening id and digest, in order, and the Merkle root over them, so that one entry stands for a
+chunk and each of its screenings can still be proved on its own (``docs/audit-ledger.md``, Chunk entries).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import struct
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from audit.ledger import canonical_json
+from audit.merkle import MerkleTree, leaf_hash, verify_inclusion
 
 #: Fields whose value is replaced by its digest: ciphertexts of PHI must stay erasable by key rotation, and an
 #: append-only ledger can never be re-encrypted.
@@ -63,3 +74,122 @@ def entity_refs(content: bytes) -> list[str]:
         for value in _LISTED.findall(listed):
             found[value.decode()] = None
     return list(found)[:_MAX_REFS]
+
+
+# -- chunk entries: one ledger entry per recorded chunk, every row provable on its own -------------------
+
+#: The event whose payload the ledger keeps as a commitment (``shared.events.batch``'s
+#: ``SCREENING_BATCH_RECORDED_V2``).
+CHUNK_EVENT_TYPE, CHUNK_EVENT_VERSION = "ScreeningBatchRecorded", 2
+#: Domain separation of a row's leaf data: a row leaf can never pass for a chain leaf (an entry hash).
+ROW_LEAF_DOMAIN = b"clinomic-audit/chunk-row/v1\0"
+_ROW_LEAF = struct.Struct(">Q16s32s")
+
+
+class ChunkError(ValueError):
+    """A chunk commitment (or a payload meant to become one) does not have the expected shape."""
+
+
+def row_digest(screening: Any) -> bytes:
+    """SHA-256 of the canonical JSON of a row's ``screening`` object, as published (JSON form)."""
+    return hashlib.sha256(canonical_json(screening)).digest()
+
+
+def row_leaf(row: int, screening_id: str | uuid.UUID, digest: bytes) -> bytes:
+    """The RFC 9162 leaf hash of one row: SHA-256(0x00 ‖ domain ‖ u64 row ‖ uuid(16) ‖ digest(32)).
+
+    Row number and screening id are in the leaf, so a path alone proves *which* row of the upload it is."""
+    sid = screening_id if isinstance(screening_id, uuid.UUID) else uuid.UUID(screening_id)
+    if len(digest) != 32:
+        raise ChunkError("a row digest is 32 bytes")
+    if isinstance(row, bool) or not isinstance(row, int) or not 1 <= row < 2**64:
+        raise ChunkError(f"row number {row!r} is not a positive integer")
+    return leaf_hash(ROW_LEAF_DOMAIN + _ROW_LEAF.pack(row, sid.bytes, digest))
+
+
+Listed = tuple[int, str, bytes]  # (row, screening id, digest) as a chunk entry lists it
+
+
+def chunk_tree(rows: Sequence[Listed]) -> MerkleTree:
+    return MerkleTree.from_leaf_hashes(b"".join(row_leaf(r, s, d) for r, s, d in rows))
+
+
+def chunk_root(rows: Sequence[Listed]) -> bytes:
+    """The Merkle root over the rows' leaves, in the order listed."""
+    if not rows:
+        raise ChunkError("a chunk has at least one row")
+    return chunk_tree(rows).root()
+
+
+def row_path(rows: Sequence[Listed], index: int) -> list[bytes]:
+    """The inclusion path of row ``index`` (0-based position in the list) up to :func:`chunk_root`."""
+    return chunk_tree(rows).inclusion_proof(index)
+
+
+def verify_row(row: Listed, index: int, size: int, path: Sequence[bytes], root: bytes) -> bool:
+    """True when ``path`` leads from this row's leaf at ``index`` of ``size`` rows to ``root``."""
+    try:
+        leaf = row_leaf(*row)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return verify_inclusion(leaf, index, size, path, root, is_hash=True)
+
+
+def chunk_commitment(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A v2 chunk payload as the ledger keeps it, and its screening ids.
+
+    Every field but ``rows`` stays; ``rows`` becomes ``[{row, screening_id, sha256}]`` in the published
+    order and ``rows_root`` the Merkle root over them. The screenings themselves are not kept (the tenant's
+    records hold them; the ledger proves them). Raises :class:`ChunkError` when the payload is not a chunk."""
+    rows = payload.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ChunkError("no rows")
+    listed: list[Listed] = []
+    for item in rows:
+        if not isinstance(item, Mapping) or not isinstance(item.get("screening"), Mapping):
+            raise ChunkError("a row without its screening")
+        row, sid = item.get("row"), item["screening"].get("screening_id")
+        if isinstance(row, bool) or not isinstance(row, int) or not isinstance(sid, str):
+            raise ChunkError("a row without its number or screening id")
+        try:
+            listed.append((row, str(uuid.UUID(sid)), row_digest(item["screening"])))
+        except ValueError as exc:
+            raise ChunkError(f"row {row}: {exc}") from None
+    kept = {k: v for k, v in payload.items() if k != "rows"}
+    kept["rows"] = [{"row": r, "screening_id": s, "sha256": d.hex()} for r, s, d in listed]
+    kept["rows_root"] = chunk_root(listed).hex()
+    return kept, [s for _, s, _ in listed]
+
+
+def is_chunk_entry(event_type: str, content: Mapping[str, Any]) -> bool:
+    """Whether an entry's content (the envelope as kept) is a chunk commitment."""
+    payload = content.get("payload")
+    return (
+        event_type == CHUNK_EVENT_TYPE
+        and content.get("event_version") == CHUNK_EVENT_VERSION
+        and isinstance(payload, Mapping)
+        and "rows_root" in payload
+    )
+
+
+def listed_rows(payload: Mapping[str, Any]) -> tuple[list[Listed], bytes]:
+    """The rows a chunk entry lists and the root it commits to; :class:`ChunkError` when malformed."""
+    try:
+        rows = [(r["row"], r["screening_id"], bytes.fromhex(r["sha256"])) for r in payload["rows"]]
+        root = bytes.fromhex(payload["rows_root"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ChunkError(f"malformed chunk commitment: {exc}") from None
+    if not rows or any(len(d) != 32 for _, _, d in rows) or len(root) != 32:
+        raise ChunkError("malformed chunk commitment: a digest or the root is not 32 bytes")
+    return rows, root
+
+
+def chunk_root_problem(payload: Mapping[str, Any]) -> str | None:
+    """None when the listed digests hash to the committed root, else why not."""
+    try:
+        rows, root = listed_rows(payload)
+        if chunk_root(rows) != root:
+            return "chunk root mismatch (the listed row digests do not hash to rows_root)"
+    except (ValueError, TypeError, AttributeError) as exc:
+        return str(exc)
+    return None

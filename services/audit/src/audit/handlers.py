@@ -84,10 +84,22 @@ def item_of(raw: bytes, topic: str) -> Item:
             canonical_json(digest),
             "",
         )
-    content = envelope.model_dump(mode="json")
+    screening_ids: list[str] = []
+    if (envelope.event_type, envelope.event_version) == (domain.CHUNK_EVENT_TYPE, domain.CHUNK_EVENT_VERSION):
+        # The payload is JSON values already: dumping the whole chunk again costs more than committing to it.
+        content = envelope.model_dump(mode="json", exclude={"payload"})
+        try:
+            content["payload"], screening_ids = domain.chunk_commitment(envelope.payload)
+        except domain.ChunkError as exc:  # kept whole, like any event: nothing is lost, only not committed
+            log.warning("chunk event %s kept whole: %s", envelope.event_id, exc)
+            content["payload"] = envelope.payload
+    else:
+        content = envelope.model_dump(mode="json")
     if domain.may_hold_digested_fields(raw):
         content = domain.ledger_content(content)
     canonical = canonical_json(content)
+    # Every screening of a chunk is findable by its id (the proof route looks it up), beyond entity_refs' cap.
+    refs = list(dict.fromkeys([*domain.entity_refs(canonical), *screening_ids]))
     return Item(
         chain_id_for_tenant(envelope.tenant_id),
         envelope.event_id,
@@ -96,7 +108,7 @@ def item_of(raw: bytes, topic: str) -> Item:
         str(envelope.tenant_id) if envelope.tenant_id else None,
         envelope.occurred_at,
         canonical,
-        " ".join(domain.entity_refs(canonical)),
+        " ".join(refs),
     )
 
 
@@ -309,8 +321,7 @@ def register(broker: KafkaBroker, settings: CommonSettings, appender: Appender, 
         pattern=ALL_TOPICS_PATTERN,
         batch=True,
         max_records=batch_size,
-        batch_timeout_ms=5,
-        **at_least_once(settings, "audit-ledger"),
+        **at_least_once(settings, "audit-ledger", background=True),
     )
     async def append_to_ledger(messages: list[bytes], message: KafkaMessage) -> None:
         """``message`` is the delivery, or a ``shared.deadletter.Part`` when one message is retried alone."""

@@ -6,6 +6,7 @@
     clinomic-audit export tenant:<uuid> --out ledger.jsonl --tree-heads heads.jsonl --public-key audit.pub.pem
     clinomic-audit publish                                   # sign due tree heads now
     clinomic-audit bench-service --entries 1000000           # append, verify and prove against PostgreSQL
+    clinomic-audit bench-chunks --rows 20000                 # one chunk entry vs 250 per-row entries
 
 Connections: ``provision`` uses ``DATABASE_URL`` (an admin); ``migrate`` uses
 ``AUDIT_MIGRATION_DATABASE_URL``, else ``DATABASE_URL``; the rest use the runtime role,
@@ -247,7 +248,10 @@ def bench_service(
         )
     else:
         figures = bench.with_embedded_postgres(
-            entries=entries, batch=batch, proof_count=proofs, workers=workers, progress=say
+            lambda dsn: bench.run(
+                dsn, entries=entries, batch=batch, proof_count=proofs, workers=workers, progress=say
+            ),
+            say,
         )
     if json_output:
         typer.echo(json.dumps(figures, indent=2))
@@ -255,6 +259,33 @@ def bench_service(
     width = max(len(k) for k in figures)
     for name, value in figures.items():
         typer.echo(f"{name:<{width}}  {value}")
+
+
+
+@app.command("bench-chunks")
+def bench_chunks(
+    rows: Annotated[int, typer.Option(min=250, help="Rows to append each way, each round.")] = 20_000,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="An admin URL of the PostgreSQL to use (default: DATABASE_URL, else an embedded server)."
+        ),
+    ] = None,
+) -> None:
+    """Append cost of one chunk entry per 250 rows against 250 per-row entries (three rounds)."""
+    from audit import bench_service as bench
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    dsn = database_url or os.environ.get("DATABASE_URL")
+    if dsn:
+        figures = asyncio.run(bench.compare_chunks(dsn, rows=rows, progress=say))
+    else:
+        figures = bench.with_embedded_postgres(
+            lambda admin: bench.compare_chunks(admin, rows=rows, progress=say), say
+        )
+    typer.echo(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,15 +5,20 @@ of ``seq = i + 1``. Check them with ``audit.merkle.verify_inclusion(entry_hash, 
 root)`` and ``verify_consistency(first, second, first_root, second_root, proof)``, against a root taken from
 a signed tree head, and recompute the entry hash from the entry's fields yourself
 (``audit.ledger.compute_entry_hash``): the stored ``entry_hash`` is only what the database says.
+
+A screening's proof (:func:`screening`) adds, for a row of a bulk chunk, the row's Merkle path up to the root
+its chunk entry commits to (``audit.domain``), so that any screening is provable on its own.
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from audit import store
+from audit import domain, store
 from audit.merkle import (
     assemble_proof,
     consistency_proof_plan,
@@ -22,7 +27,7 @@ from audit.merkle import (
     leaf_hash,
     range_nodes,
 )
-from audit.verifier import entry_to_json
+from audit.verifier import SCREENING_PROOF_FORMAT, entry_to_json
 
 
 class ProofError(ValueError):
@@ -111,3 +116,60 @@ async def consistency(
         "first_tree_head": heads.get(first),
         "second_tree_head": heads.get(second),
     }
+
+
+SINGLE_RECORDED = "ScreeningRecorded"
+
+
+def _recording(entry: Any, screening_id: str) -> tuple[str, dict[str, Any]] | None:
+    """How ``entry`` records the screening: ``("entry", {})`` for its own ``ScreeningRecorded``,
+    ``("chunk_row", {index, rows, root})`` for a row of a chunk entry, None when it only mentions it."""
+    try:
+        content = json.loads(entry.content)
+        payload = content["payload"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if entry.event_type == SINGLE_RECORDED and payload.get("screening_id") == screening_id:
+        return "entry", {}
+    if domain.is_chunk_entry(entry.event_type, content):
+        rows, root = domain.listed_rows(payload)
+        for index, (_, sid, _) in enumerate(rows):
+            if sid == screening_id:
+                return "chunk_row", {"index": index, "rows": rows, "root": root}
+    return None
+
+
+async def screening(conn: AsyncConnection, chain_id: str, screening_id: uuid.UUID) -> dict[str, Any]:
+    """The proof that screening ``screening_id`` was recorded: the entry that records it with its inclusion
+    in the chain up to a signed tree head (as :func:`inclusion`), and for a bulk row its digest and Merkle
+    path to the root its chunk entry commits to. 404 for a screening this chain does not record (another
+    organisation's included)."""
+    sid = str(screening_id)
+    mentions = await store.entries(
+        conn, chain_id, filters=store.Filters(entity=sid), limit=500, descending=False
+    )
+    for entry in mentions:
+        try:
+            found = _recording(entry, sid)
+        except domain.ChunkError as exc:
+            raise ProofError(409, f"entry {entry.seq} is not a well-formed chunk entry: {exc}") from None
+        if found is None:
+            continue
+        kind, where = found
+        answer = await inclusion(conn, chain_id, entry.seq)
+        row: dict[str, Any] | None = None
+        if kind == "chunk_row":
+            index, rows = where["index"], where["rows"]
+            number, _, digest = rows[index]
+            row = {
+                "index": index,
+                "row": number,
+                "screening_id": sid,
+                "sha256": digest.hex(),
+                "rows": len(rows),
+                "path": [h.hex() for h in domain.row_path(rows, index)],
+                "rows_root": where["root"].hex(),
+            }
+        head = {"format": SCREENING_PROOF_FORMAT, "version": 1, "screening_id": sid, "kind": kind, "row": row}
+        return head | answer
+    raise ProofError(404, f"no recorded screening {sid}")

@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from audit import domain
 from audit.ledger import (
     LedgerEntry,
     Verification,
@@ -65,6 +66,8 @@ from audit.merkle import (
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_VERSION",
+    "SCREENING_PROOF_FORMAT",
+    "ScreeningProofCheck",
     "TreeHeadCheck",
     "VerifierReport",
     "benchmark",
@@ -78,6 +81,7 @@ __all__ = [
     "parse_hmac_keys",
     "read_export",
     "verify_export",
+    "verify_screening_proof",
 ]
 
 EXPORT_FORMAT = "clinomic-audit-ledger"
@@ -346,6 +350,8 @@ class VerifierReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     suspect_range: tuple[int, int] | None = None
+    #: Chunk entries whose rows_root was recomputed from their listed row digests.
+    chunk_entries: int = 0
 
     @property
     def ok(self) -> bool:
@@ -374,6 +380,7 @@ class VerifierReport:
             "root_hash": self.root_hash,
             "tree_heads": [asdict(h) | {"ok": h.ok} for h in self.tree_heads],
             "suspect_range": list(self.suspect_range) if self.suspect_range else None,
+            "chunk_entries": self.chunk_entries,
             "problems": self.problems,
             "warnings": self.warnings,
         }
@@ -391,6 +398,8 @@ class VerifierReport:
             )
         if self.root_hash is not None:
             lines.append(f"merkle: {self.tree_size} leaves, root {self.root_hash}")
+        if self.chunk_entries:
+            lines.append(f"chunk entries: {self.chunk_entries} roots recomputed from their listed digests")
         for h in self.tree_heads:
             status = "OK" if h.ok else f"FAILED: {h.status}"
             extra = f" ({h.detail})" if h.detail else ""
@@ -524,11 +533,17 @@ def _verify_stream(
         start_prev = genesis_hash(chain_id)
 
     consumed = 0
+    chunks = 0
 
     def counted() -> Iterator[LedgerEntry | _Malformed]:
-        nonlocal consumed
+        nonlocal consumed, chunks
         for item in entries:
             consumed += 1
+            if isinstance(item, LedgerEntry) and item.event_type == domain.CHUNK_EVENT_TYPE:
+                problem = chunk_problem(item.event_type, item.content)
+                chunks += problem != ""
+                if problem:
+                    problems.append(f"entry {item.seq}: {problem}")
             yield item
 
     stream = counted()
@@ -595,7 +610,181 @@ def _verify_stream(
         problems=problems,
         warnings=warnings,
         suspect_range=suspect,
+        chunk_entries=chunks,
     )
+
+
+def chunk_problem(event_type: str, content_json: bytes) -> str | None:
+    """For an entry of the chunk event type (its content bytes): "" when it is not a chunk commitment, None
+    when its rows_root is the root of its listed row digests, else why not. The service's checker runs it
+    too."""
+    try:
+        content = json.loads(content_json)
+    except ValueError:
+        return ""
+    if not isinstance(content, dict) or not domain.is_chunk_entry(event_type, content):
+        return ""
+    return domain.chunk_root_problem(content["payload"])
+
+
+# --------------------------------------------------------------------------------------------------------
+# One screening's proof
+# --------------------------------------------------------------------------------------------------------
+
+SCREENING_PROOF_FORMAT = "clinomic-audit-screening-proof"
+
+
+@dataclass
+class ScreeningProofCheck:
+    """What :func:`verify_screening_proof` found: ``ok``, or the first step that failed and why."""
+
+    screening_id: str | None
+    ok: bool
+    reason: str | None = None
+    detail: str = ""
+    steps: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"screening {self.screening_id}"]
+        lines.extend(f"  ok: {step}" for step in self.steps)
+        lines.append("RESULT: OK" if self.ok else f"RESULT: FAILED: {self.reason} ({self.detail})")
+        return "\n".join(lines)
+
+
+class _ProofFailed(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def verify_screening_proof(
+    proof: Mapping[str, Any],
+    *,
+    public_keys: Sequence[Ed25519PublicKey | bytes],
+    screening: Mapping[str, Any] | None = None,
+) -> ScreeningProofCheck:
+    """Check a screening's proof (``GET /api/audit/screenings/{id}/proof``) with nothing but the public key.
+
+    In order: the screening's content, when given, against the digest (a bulk row) or the entry's own payload
+    (a single screening); for a bulk row, its digest against the chunk entry's list and its path to the
+    entry's ``rows_root``, and that root against the listed digests; the entry's hash, recomputed from its
+    fields; its inclusion in the chain's tree; and that tree's signed head. The first failure is reported."""
+    sid = proof.get("screening_id") if isinstance(proof, Mapping) else None
+    check = ScreeningProofCheck(str(sid) if sid is not None else None, ok=False)
+    try:
+        _check_screening_proof(proof, public_keys, screening, check.steps)
+    except _ProofFailed as failed:
+        check.reason, check.detail = failed.reason, failed.detail
+        return check
+    check.ok = True
+    return check
+
+
+def _field(obj: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = obj.get(name) if isinstance(obj, Mapping) else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _ProofFailed("malformed proof", f"{name} is missing or not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _hashes(values: Any, name: str) -> list[bytes]:
+    try:
+        out = [bytes.fromhex(v) for v in values]
+    except (TypeError, ValueError):
+        raise _ProofFailed("malformed proof", f"{name} is not a list of hex hashes") from None
+    return out
+
+
+def _check_screening_proof(
+    proof: Mapping[str, Any],
+    public_keys: Sequence[Ed25519PublicKey | bytes],
+    screening: Mapping[str, Any] | None,
+    steps: list[str],
+) -> None:
+    if not isinstance(proof, Mapping) or proof.get("format") != SCREENING_PROOF_FORMAT:
+        raise _ProofFailed("malformed proof", f"not a {SCREENING_PROOF_FORMAT} document")
+    sid = _field(proof, "screening_id", str)
+    chain_id = _field(proof, "chain_id", str)
+    kind = proof.get("kind")
+    try:
+        entry = entry_from_json(_field(proof, "entry", dict), chain_id)
+        content = json.loads(entry.content)
+        payload = content["payload"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _ProofFailed("malformed proof", f"the entry cannot be read: {exc}") from None
+
+    # 1. the row: content -> digest -> path -> the root the entry commits to
+    if kind == "chunk_row":
+        row = _field(proof, "row", dict)
+        index, number, size = _field(row, "index", int), _field(row, "row", int), _field(row, "rows", int)
+        digest = _hashes([_field(row, "sha256", str)], "row.sha256")[0]
+        if screening is not None:
+            if screening.get("screening_id") != sid:
+                raise _ProofFailed("row content mismatch", "the screening given is another screening")
+            if domain.row_digest(screening) != digest:
+                raise _ProofFailed("row content mismatch", "the screening's SHA-256 is not the row's digest")
+            steps.append("the screening's content hashes to the row's digest")
+        if not domain.is_chunk_entry(entry.event_type, content):
+            raise _ProofFailed("not a chunk entry", f"entry {entry.seq} commits to no rows")
+        try:
+            listed, root = domain.listed_rows(payload)
+        except domain.ChunkError as exc:
+            raise _ProofFailed("malformed chunk entry", str(exc)) from None
+        if not (0 <= index < len(listed)) or listed[index] != (number, sid, digest) or size != len(listed):
+            raise _ProofFailed(
+                "row digest mismatch", f"entry {entry.seq} does not list row {number} ({sid}) with it"
+            )
+        path = _hashes(_field(row, "path", list), "row.path")
+        if not domain.verify_row((number, sid, digest), index, size, path, root):
+            raise _ProofFailed("row path mismatch", "the row's path does not lead to the entry's rows_root")
+        steps.append(f"row {number} is leaf {index} of {size} under the chunk root {root.hex()}")
+        if domain.chunk_root(listed) != root:
+            raise _ProofFailed("chunk root mismatch", "the entry's listed digests do not hash to rows_root")
+        steps.append("the chunk root is the root of the digests the entry lists")
+    elif kind == "entry":
+        if entry.event_type != "ScreeningRecorded" or not isinstance(payload, dict) or payload.get(
+            "screening_id"
+        ) != sid:
+            raise _ProofFailed("not the screening's entry", f"entry {entry.seq} does not record {sid}")
+        if screening is not None and domain.row_digest(screening) != domain.row_digest(payload):
+            raise _ProofFailed("row content mismatch", "the screening given is not the one the entry holds")
+        steps.append(f"entry {entry.seq} records the screening itself")
+    else:
+        raise _ProofFailed("malformed proof", f"unknown kind {kind!r}")
+
+    # 2. the entry's hash, from its own fields (never the stored entry_hash)
+    try:
+        entry_hash = compute_entry_hash(
+            chain_id, entry.seq, entry.prev_hash, event_id=entry.event_id, event_type=entry.event_type,
+            actor=entry.actor, tenant_id=entry.tenant_id, occurred_at=entry.occurred_at,
+            content=entry.content,
+        )
+    except (TypeError, ValueError) as exc:
+        raise _ProofFailed("malformed proof", f"the entry cannot be hashed: {exc}") from None
+    steps.append(f"entry {entry.seq} hashes to {entry_hash.hex()}")
+
+    # 3. the signed head, then the entry's inclusion in the tree it signs
+    head = proof.get("tree_head")
+    if not isinstance(head, Mapping):
+        raise _ProofFailed("no signed tree head", "no signed head covers the entry yet: ask again later")
+    keys = _public_keys(public_keys)
+    hinted = keys.get(head.get("key_id")) if isinstance(head.get("key_id"), str) else None
+    if not keys or not any(verify_tree_head(head, k) for k in ([hinted] if hinted else keys.values())):
+        raise _ProofFailed("bad tree head signature", "the head does not verify under the given key(s)")
+    if head.get("chain_id") != chain_id:
+        raise _ProofFailed("chain id mismatch", f"the head is signed for {head.get('chain_id')!r}")
+    size = head["tree_size"]
+    head_root = _hashes([head.get("root_hash", "")], "tree_head.root_hash")[0]
+    inclusion = _hashes(_field(proof, "proof", list), "proof")
+    if not verify_inclusion(entry_hash, entry.seq - 1, size, inclusion, head_root):
+        raise _ProofFailed(
+            "entry not included", f"entry {entry.seq} is not in the signed tree of {size} entries"
+        )
+    steps.append(f"entry {entry.seq} is in the chain's tree of {size} entries")
+    steps.append(f"that tree's head is signed for {chain_id} (timestamp {head.get('timestamp')})")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -168,6 +168,14 @@ async def screening(screening_id: uuid.UUID, request: Request, principal: Authen
     return response
 
 
+@router.get("/api/screenings/{screening_id}/recorded", tags=["screening"])
+async def recorded_screening(screening_id: uuid.UUID, request: Request, principal: Authenticated) -> Response:
+    """A screening as recorded (the object its event carried), answered by the screening service: what the
+    audit ledger's proof of that screening is checked against."""
+    await limited(request, "default", str(principal.user_id))
+    return await forward(request.app.state.http, request.app.state.settings.screening_url, request)
+
+
 @router.api_route("/api/screening/{rest:path}", methods=["GET", "PUT"], tags=["screening"])
 async def screening_routes(rest: str, request: Request, principal: Authenticated) -> Response:
     """History, export and the organisation's screening policy, answered by the screening service."""

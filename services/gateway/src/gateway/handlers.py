@@ -4,23 +4,52 @@ batch chunks advance their job."""
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from faststream.kafka import KafkaBroker
-from pydantic import TypeAdapter, ValidationError
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import TypeAdapter
 
 from gateway import batch, store
 from gateway.outcomes import Outcomes
 from shared.events import Envelope, Topic
 from shared.events import batch as batch_ev
 from shared.events import screening as ev
+from shared.events.envelope import event_kind
 from shared.kafka import at_least_once, every_event_from_now, subscribe
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 RecordedEnvelope = Envelope[ev.ScreeningRecordedV1]
-BatchRecordedEnvelope = Envelope[batch_ev.ScreeningBatchRecordedV1]
+#: The versions of a recorded chunk the job's progress reads (v1 from a producer not yet upgraded).
+CHUNK_OUTCOMES = {batch_ev.SCREENING_BATCH_RECORDED: Envelope[batch_ev.ScreeningBatchRecordedV1],
+                  batch_ev.SCREENING_BATCH_RECORDED_V2: Envelope[batch_ev.ScreeningBatchRecordedV2]}
 RowOutcomes = TypeAdapter(list[batch_ev.RowOutcome])
+
+
+def screening_key(key: bytes | None) -> uuid.UUID | None:
+    """The screening id a recorded event is keyed by, or None for a key that is not one."""
+    try:
+        return uuid.UUID(key.decode()) if key else None
+    except ValueError:
+        return None
+
+
+def chunk_outcomes(raw: bytes, headers: Any) -> tuple[uuid.UUID, int, list[batch_ev.RowOutcome]] | None:
+    """(job id, chunk, row outcomes) of a recorded chunk of either version; None for what cannot be read."""
+    try:
+        model = CHUNK_OUTCOMES.get(event_kind(raw, headers))
+        if model is None:
+            log.error("unknown event version on %s skipped (the audit ledger keeps it)",
+                      Topic.SCREENING_BATCH_RECORDED)
+            return None
+        chunk = model.model_validate_json(raw).payload
+    except ValueError:
+        log.error("unreadable event on %s skipped (the audit ledger keeps it)", Topic.SCREENING_BATCH_RECORDED)
+        return None
+    outcomes = chunk.outcomes if isinstance(chunk, batch_ev.ScreeningBatchRecordedV1) else chunk.outcomes()
+    return chunk.job_id, chunk.chunk, outcomes
 
 
 def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, engine: Any) -> None:
@@ -28,28 +57,34 @@ def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, 
     # process reads with a group of its own, from the moment it starts.
     @subscribe(broker, Topic.SCREENING_RECORDED, batch=True, max_records=1000, batch_timeout_ms=5,
                **every_event_from_now(settings, "gateway"))
-    async def screening_recorded(messages: list[bytes]) -> None:
-        recorded = {e.payload.screening_id: e for e in (RecordedEnvelope.model_validate_json(r) for r in messages)}
-        for screening_id, envelope in recorded.items():
-            outcomes.resolve(screening_id, envelope.payload)
-        async with engine.begin() as conn:
-            await store.mark_recorded(conn, list(recorded),
-                                      [e.payload.model_dump_json() for e in recorded.values()])
+    async def screening_recorded(messages: list[bytes], message: KafkaMessage) -> None:
+        """Only an event a request waits for is parsed (its key is the screening id); the intake entries of
+        all of them are closed with the events as published."""
+        recorded: dict[uuid.UUID, bytes] = {}
+        for raw, record in zip(messages, message.raw_message, strict=True):
+            screening_id = screening_key(record.key)
+            if screening_id is None:
+                log.error("event on %s without a screening id key skipped", Topic.SCREENING_RECORDED)
+                continue
+            if outcomes.waiting(screening_id):
+                outcomes.resolve(screening_id, RecordedEnvelope.model_validate_json(raw).payload)
+            recorded[screening_id] = raw
+        if recorded:
+            async with engine.begin() as conn:
+                await store.mark_recorded(conn, list(recorded), [raw.decode() for raw in recorded.values()])
 
     # A chunk's outcome changes only the database, so one consumer group serves every replica.
-    @subscribe(broker, Topic.SCREENING_BATCH_RECORDED, batch=True, max_records=100, batch_timeout_ms=5,
+    @subscribe(broker, Topic.SCREENING_BATCH_RECORDED, batch=True, max_records=100,
+               batch_timeout_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS,
                **at_least_once(settings, "gateway-batch-progress", fetch_max_wait_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS))
-    async def batch_chunk_recorded(messages: list[bytes]) -> None:
-        chunks = []
-        for raw in messages:
-            try:
-                chunks.append(BatchRecordedEnvelope.model_validate_json(raw).payload)
-            except ValidationError:
-                log.error("unreadable event on %s skipped (the audit ledger keeps it)", Topic.SCREENING_BATCH_RECORDED)
+    async def batch_chunk_recorded(messages: list[bytes], message: KafkaMessage) -> None:
+        """``message`` is the delivery, or a ``shared.deadletter.Part`` when one message is retried alone."""
+        chunks = [chunk_outcomes(raw, record.headers)
+                  for raw, record in zip(messages, message.raw_message, strict=True)]
         async with engine.begin() as conn:
-            for chunk in chunks:
-                counts = batch.tally(chunk.outcomes)
+            for job_id, chunk, row_outcomes in filter(None, chunks):
+                counts = batch.tally(row_outcomes)
                 await store.record_batch_chunk(
-                    conn, chunk.job_id, chunk.chunk, RowOutcomes.dump_json(chunk.outcomes).decode(),
+                    conn, job_id, chunk, RowOutcomes.dump_json(row_outcomes).decode(),
                     recorded=counts.recorded, classified=counts.classified, risk_low=counts.risk_low,
                     risk_intermediate=counts.risk_intermediate, risk_high=counts.risk_high)

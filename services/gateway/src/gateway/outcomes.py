@@ -31,6 +31,10 @@ class Outcomes:
             if not waiters:
                 del self._waiting[screening_id]
 
+    def waiting(self, screening_id: uuid.UUID) -> bool:
+        """Whether a request waits for the screening (so its recorded event is worth parsing)."""
+        return screening_id in self._waiting
+
     def resolve(self, screening_id: uuid.UUID, outcome: Any) -> None:
         for future in self._waiting.pop(screening_id, []):
             if not future.done():

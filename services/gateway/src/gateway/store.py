@@ -62,21 +62,16 @@ async def by_idempotency_key(conn: AsyncConnection, tenant_id: uuid.UUID, key: s
 
 
 async def mark_recorded(conn: AsyncConnection, screening_ids: Sequence[uuid.UUID],
-                        outcomes: Sequence[str] | None = None) -> None:
-    """Close intake entries; keyed ones keep their outcome (JSON, no PHI) to answer retries."""
-    if outcomes is None:
-        await conn.execute(
-            text("UPDATE screening_intake SET recorded_at = now() "
-                 "WHERE screening_id = ANY(:ids) AND recorded_at IS NULL"),
-            {"ids": list(screening_ids)},
-        )
-        return
+                        events: Sequence[str]) -> None:
+    """Close intake entries; keyed ones keep their outcome (the ``ScreeningRecorded`` payload: JSON, no PHI) to
+    answer retries. ``events`` are the recorded events as published: PostgreSQL reads the payload out of the
+    few a retry may ask for, so the gateway parses no event nobody waits for."""
     await conn.execute(
         text("UPDATE screening_intake i SET recorded_at = now(), "
-             "outcome = CASE WHEN i.idempotency_key IS NOT NULL THEN CAST(v.outcome AS jsonb) END "
-             "FROM unnest(CAST(:ids AS uuid[]), CAST(:outcomes AS text[])) AS v(screening_id, outcome) "
+             "outcome = CASE WHEN i.idempotency_key IS NOT NULL THEN CAST(v.event AS jsonb) -> 'payload' END "
+             "FROM unnest(CAST(:ids AS uuid[]), CAST(:events AS text[])) AS v(screening_id, event) "
              "WHERE i.screening_id = v.screening_id AND i.recorded_at IS NULL"),
-        {"ids": list(screening_ids), "outcomes": list(outcomes)},
+        {"ids": list(screening_ids), "events": list(events)},
     )
 
 

@@ -7,8 +7,9 @@ feed back into them.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -171,17 +172,16 @@ def risk_class(p_deficient: float, thresholds: RiskThresholds) -> RiskClass:
     return RiskClass(int(risk_classes(np.array([p_deficient]), thresholds)[0]))
 
 
+_LABELS = (Label.NORMAL, Label.BORDERLINE, Label.DEFICIENT)
+
+
 def labels(normal: np.ndarray, borderline: np.ndarray, deficient: np.ndarray) -> list[Label]:
     """The most probable category per row; a tie goes to the more severe category."""
-    out: list[Label] = []
-    for n, b, d in zip(np.asarray(normal), np.asarray(borderline), np.asarray(deficient), strict=True):
-        if d >= b and d >= n:
-            out.append(Label.DEFICIENT)
-        elif b >= n:
-            out.append(Label.BORDERLINE)
-        else:
-            out.append(Label.NORMAL)
-    return out
+    n, b, d = (np.asarray(p, dtype=np.float64) for p in (normal, borderline, deficient))
+    if not n.shape == b.shape == d.shape:
+        raise ValueError("labels need three probability arrays of the same shape")
+    most = np.where((d >= b) & (d >= n), 2, np.where(b >= n, 1, 0))
+    return [_LABELS[k] for k in most.tolist()]
 
 
 def label(probabilities: Probabilities) -> Label:
@@ -212,94 +212,137 @@ def derived_indices(panel: Panel) -> DerivedIndices:
     )
 
 
+#: Every finding's code, in the order ``findings`` lists them (bit ``k`` of ``finding_flags`` is code ``k``).
+FINDING_CODES = (
+    "macrocytosis", "raised_rdw", "pancytopenia", "anaemia", "microcytosis", "iron_deficiency_pattern",
+    "thalassaemia_trait_pattern", "dimorphic_pattern",
+)
+
+#: Each finding's text, filled in with ``str.format_map`` from the panel's values, ``hb_lower`` (the
+#: sex-specific anaemia limit), ``mentzer`` and ``green_king``.
+FINDING_TEXTS = {
+    "macrocytosis": (
+        f"MCV {{mcv:.1f}} fL is above {MACROCYTOSIS_MCV:g} fL (macrocytosis): consistent with B12 or folate "
+        "deficiency; alcohol, liver disease, hypothyroidism, drugs (e.g. methotrexate, hydroxyurea) and "
+        "reticulocytosis also cause it."
+    ),
+    "raised_rdw": (
+        f"RDW {{rdw:.1f}} % is above {RDW_UPPER:g} % (anisocytosis): seen early in B12 or folate deficiency, "
+        "and equally in iron deficiency."
+    ),
+    "pancytopenia": (
+        "Hb {hb:.1f} g/dL, WBC {wbc:.2f} ×10⁹/L and platelets {platelets:.0f} ×10⁹/L are all below their "
+        "reference limits (pancytopenia): severe megaloblastic anaemia is one cause; marrow failure, "
+        "infiltration and hypersplenism are others."
+    ),
+    "anaemia": "Hb {hb:.1f} g/dL is below {hb_lower:g} g/dL (anaemia).",
+    "microcytosis": (
+        f"MCV {{mcv:.1f}} fL is below {MICROCYTOSIS_MCV:g} fL (microcytosis): iron deficiency or "
+        "thalassaemia trait can mask the macrocytosis of a coexisting B12 deficiency, so a normal or low MCV "
+        "does not exclude it."
+    ),
+    "iron_deficiency_pattern": (
+        f"Mentzer index {{mentzer:.1f}} (≥ {MENTZER_CUTOFF:g}) with microcytosis favours iron deficiency: "
+        "check ferritin."
+    ),
+    "thalassaemia_trait_pattern": (
+        f"Mentzer index {{mentzer:.1f}} (< {MENTZER_CUTOFF:g}) favours thalassaemia trait (Green–King index "
+        "{green_king:.1f}): small, numerous red cells can mask macrocytosis; consider haemoglobin "
+        "electrophoresis."
+    ),
+    "dimorphic_pattern": (
+        f"Normocytic anaemia with RDW {{rdw:.1f}} % (> {RDW_MARKED:g} %) can be a dimorphic picture: "
+        "combined iron and B12 or folate deficiency averages out to a normal MCV; review the blood film."
+    ),
+}
+
+
 def findings(panel: Panel, indices: DerivedIndices) -> list[Finding]:
     """What the panel itself shows: signs that point to B12/folate deficiency, then confounders."""
     mcv, rdw, hb = panel["mcv"], panel["rdw"], panel["hb"]
     anaemic = hb < hb_lower_limit(panel)
-    out: list[Finding] = []
+    codes: list[str] = []
     if mcv > MACROCYTOSIS_MCV:
-        out.append(
-            Finding(
-                code="macrocytosis",
-                text=(
-                    f"MCV {mcv:.1f} fL is above {MACROCYTOSIS_MCV:g} fL (macrocytosis): consistent with B12 or "
-                    "folate deficiency; alcohol, liver disease, hypothyroidism, drugs (e.g. methotrexate, "
-                    "hydroxyurea) and reticulocytosis also cause it."
-                ),
-            )
-        )
+        codes.append("macrocytosis")
     if rdw > RDW_UPPER:
-        out.append(
-            Finding(
-                code="raised_rdw",
-                text=(
-                    f"RDW {rdw:.1f} % is above {RDW_UPPER:g} % (anisocytosis): seen early in B12 or folate "
-                    "deficiency, and equally in iron deficiency."
-                ),
-            )
-        )
+        codes.append("raised_rdw")
     if indices.pancytopenia:
-        out.append(
-            Finding(
-                code="pancytopenia",
-                text=(
-                    f"Hb {hb:.1f} g/dL, WBC {panel['wbc']:.2f} ×10⁹/L and platelets {panel['platelets']:.0f} "
-                    "×10⁹/L are all below their reference limits (pancytopenia): severe megaloblastic "
-                    "anaemia is one cause; marrow failure, infiltration and hypersplenism are others."
-                ),
-            )
-        )
+        codes.append("pancytopenia")
     elif anaemic:
-        out.append(
-            Finding(
-                code="anaemia",
-                text=f"Hb {hb:.1f} g/dL is below {hb_lower_limit(panel):g} g/dL (anaemia).",
-            )
-        )
+        codes.append("anaemia")
     if mcv < MICROCYTOSIS_MCV:
-        out.append(
-            Finding(
-                code="microcytosis",
-                text=(
-                    f"MCV {mcv:.1f} fL is below {MICROCYTOSIS_MCV:g} fL (microcytosis): iron deficiency or "
-                    "thalassaemia trait can mask the macrocytosis of a coexisting B12 deficiency, so a normal "
-                    "or low MCV does not exclude it."
-                ),
-            )
-        )
+        codes.append("microcytosis")
         if indices.mentzer >= MENTZER_CUTOFF:
-            out.append(
-                Finding(
-                    code="iron_deficiency_pattern",
-                    text=(
-                        f"Mentzer index {indices.mentzer:.1f} (≥ {MENTZER_CUTOFF:g}) with microcytosis favours "
-                        "iron deficiency: check ferritin."
-                    ),
-                )
-            )
+            codes.append("iron_deficiency_pattern")
     if indices.mentzer < MENTZER_CUTOFF:
-        out.append(
-            Finding(
-                code="thalassaemia_trait_pattern",
-                text=(
-                    f"Mentzer index {indices.mentzer:.1f} (< {MENTZER_CUTOFF:g}) favours thalassaemia trait "
-                    f"(Green–King index {indices.green_king:.1f}): small, numerous red cells can mask "
-                    "macrocytosis; consider haemoglobin electrophoresis."
-                ),
-            )
-        )
+        codes.append("thalassaemia_trait_pattern")
     if MICROCYTOSIS_MCV <= mcv <= MACROCYTOSIS_MCV and rdw > RDW_MARKED and anaemic:
-        out.append(
-            Finding(
-                code="dimorphic_pattern",
-                text=(
-                    f"Normocytic anaemia with RDW {rdw:.1f} % (> {RDW_MARKED:g} %) can be a dimorphic picture: "
-                    "combined iron and B12 or folate deficiency averages out to a normal MCV; review the "
-                    "blood film."
-                ),
-            )
-        )
-    return out
+        codes.append("dimorphic_pattern")
+    values = {**panel, "hb_lower": hb_lower_limit(panel), "mentzer": indices.mentzer,
+              "green_king": indices.green_king}
+    return [Finding(code=code, text=FINDING_TEXTS[code].format_map(values)) for code in codes]
+
+
+# -- the same rules over many panels at once (the bulk path of ``B12Model.assess``) -----------------------
+
+
+@dataclass(frozen=True)
+class PanelColumns:
+    """``derived_indices`` and ``findings`` of every row of a feature matrix, as columns."""
+
+    mentzer: np.ndarray
+    green_king: np.ndarray
+    #: Neutrophil-to-lymphocyte ratio; only where ``has_lymphocytes`` (elsewhere 0, and None in a result).
+    nlr: np.ndarray
+    has_lymphocytes: np.ndarray
+    pancytopenia: np.ndarray
+    hb_lower: np.ndarray
+    #: Bit ``k`` set: the row shows ``FINDING_CODES[k]``.
+    finding_flags: np.ndarray
+
+
+def panel_columns(x: np.ndarray) -> PanelColumns:
+    """The rules of ``derived_indices`` and ``findings`` for a matrix of rows in ``FEATURE_ORDER``, in the
+    same floating-point operations, so every value is the one the row-by-row functions give."""
+    col = {name: x[:, j] for j, name in enumerate(FEATURE_ORDER)}
+    mcv, rbc, rdw, hb = col["mcv"], col["rbc"], col["rdw"], col["hb"]
+    lymphocytes = col["lymphocytes_pct"]
+    mentzer = mcv / rbc
+    hb_lower = np.where(col["sex_male"] >= 0.5, HB_LOWER_MALE, HB_LOWER_FEMALE)
+    anaemic = hb < hb_lower
+    pancytopenia = anaemic & (col["wbc"] < WBC_LOWER) & (col["platelets"] < PLATELETS_LOWER)
+    has_lymphocytes = lymphocytes > 0
+    microcytic = mcv < MICROCYTOSIS_MCV
+    shown = (
+        mcv > MACROCYTOSIS_MCV,
+        rdw > RDW_UPPER,
+        pancytopenia,
+        anaemic & ~pancytopenia,
+        microcytic,
+        microcytic & (mentzer >= MENTZER_CUTOFF),
+        mentzer < MENTZER_CUTOFF,
+        (MICROCYTOSIS_MCV <= mcv) & (mcv <= MACROCYTOSIS_MCV) & (rdw > RDW_MARKED) & anaemic,
+    )
+    flags = np.zeros(len(x), dtype=np.int64)
+    for bit, rows in enumerate(shown):
+        flags |= rows.astype(np.int64) << bit
+    with np.errstate(over="ignore"):  # a vanishing lymphocyte count gives an infinite ratio, as in Python
+        nlr = np.divide(col["neutrophils_pct"], lymphocytes, out=np.zeros(len(x)), where=has_lymphocytes)
+    return PanelColumns(
+        mentzer=mentzer,
+        green_king=mcv * mcv * rdw / (100.0 * hb),
+        nlr=nlr,
+        has_lymphocytes=has_lymphocytes,
+        pancytopenia=pancytopenia,
+        hb_lower=hb_lower,
+        finding_flags=flags,
+    )
+
+
+@functools.cache
+def finding_codes(flags: int) -> tuple[str, ...]:
+    """The codes of a row's ``finding_flags``, in the order ``findings`` lists them."""
+    return tuple(code for bit, code in enumerate(FINDING_CODES) if flags >> bit & 1)
 
 
 _MASKING_CODES = frozenset({"microcytosis", "thalassaemia_trait_pattern", "dimorphic_pattern"})
@@ -307,7 +350,11 @@ _MASKING_CODES = frozenset({"microcytosis", "thalassaemia_trait_pattern", "dimor
 
 def recommendation(risk: RiskClass, found: Sequence[Finding]) -> str:
     """One actionable sentence for the risk class, with a clause for findings that change what to do."""
-    codes = {f.code for f in found}
+    return recommendation_for_codes(risk, {f.code for f in found})
+
+
+def recommendation_for_codes(risk: RiskClass, codes: Collection[str]) -> str:
+    """``recommendation`` from the findings' codes alone (the bulk path reuses one sentence per combination)."""
     if risk is RiskClass.HIGH:
         text = (
             "B12 test advised with priority: the CBC puts this adult in the screen's highest-risk tier; measure "
@@ -327,7 +374,7 @@ def recommendation(risk: RiskClass, found: Sequence[Finding]) -> str:
         )
     if "pancytopenia" in codes:
         text += "; pancytopenia needs prompt clinical review and a blood film whatever the B12 result"
-    if codes & _MASKING_CODES:
+    if _MASKING_CODES.intersection(codes):
         text += (
             "; check ferritin (and haemoglobin electrophoresis if Mentzer < 13), as a masked macrocytosis "
             "can hide B12 deficiency"

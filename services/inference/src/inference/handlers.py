@@ -13,7 +13,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import Histogram
 from pydantic import ValidationError
 
-from inference.model import B12Model
+from inference.model import B12Model, gc_paused
 from inference.settings import InferenceSettings
 from shared.events import Actor, Envelope, Topic, new_envelope
 from shared.events import batch as batch_ev
@@ -84,7 +84,11 @@ def parsed_chunks(messages: list[bytes]) -> list[BatchRequestEnvelope]:
 def classified_chunks(model: B12Model, messages: list[bytes]) -> list[Envelope[Any]]:
     """The chunks' rows in one model call; one ``ScreeningBatchClassified`` per chunk, its id derived from the
     chunk's (a redelivered chunk yields the same event)."""
-    chunks = parsed_chunks(messages)
+    with gc_paused():  # parsing, assessing, the events: tens of objects a row, none of them cyclic garbage
+        return _classified_chunks(model, parsed_chunks(messages))
+
+
+def _classified_chunks(model: B12Model, chunks: list[BatchRequestEnvelope]) -> list[Envelope[Any]]:
     results = iter(assessed(model, [r.cbc for c in chunks for r in c.payload.rows],
                             [c.payload.expected_prevalence for c in chunks for _ in c.payload.rows]))
     outgoing = []
@@ -130,7 +134,7 @@ def register(broker: KafkaBroker, settings: InferenceSettings, model: B12Model, 
         bulk_model.thread_count = settings.batch_thread_count
 
     @subscribe(broker, Topic.SCREENING_BATCH_REQUESTED, batch=True, max_records=settings.batch_chunks_per_call,
-               batch_timeout_ms=5, **at_least_once(settings, "inference-batch",
+               batch_timeout_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS, **at_least_once(settings, "inference-batch",
                                                    fetch_max_wait_ms=batch_ev.BATCH_FETCH_MAX_WAIT_MS))
     async def assess_screening_batches(messages: list[bytes]) -> None:
         outgoing = await asyncio.to_thread(classified_chunks, bulk_model, messages)

@@ -27,8 +27,9 @@ from screening import domain, store
 from screening import export as ex
 from screening import record_store as rs
 from screening.access import ADMIN, CLINICIANS, ORG_ROLES, RECORD_KEEPERS, Tenant, tenant
+from screening.batch import recorded_before
 from shared.events import records as ev
-from shared.events.screening import Assessment, Sex
+from shared.events.screening import Assessment, ScreeningRecordedV1, Sex
 from shared.text import Text
 from shared.tokens import Role
 
@@ -257,6 +258,18 @@ async def get_screening(screening_id: uuid.UUID, t: Clinician) -> Screening:
         item = _present(row, t)
         await _viewed(t, conn, "get_screening", [item])
     return item
+
+
+@router.get("/api/screenings/{screening_id}/recorded", response_model=ScreeningRecordedV1)
+async def get_recorded_screening(screening_id: uuid.UUID, t: Clinician) -> Response:
+    """The screening as recorded: the ``ScreeningRecorded`` object its event carried (a bulk row's, inside its
+    chunk's event), rebuilt from the record, so the organisation can check it against the audit ledger's digest
+    (``clinomic-audit-verify verify-proof --screening``). No name in it, so no PHI is viewed."""
+    async with t.tx() as conn:
+        row = await store.screening(conn, screening_id, doctor_user=t.doctor_user)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such screening")
+    return Response(recorded_before(row).model_dump_json(), media_type="application/json")
 
 
 # -- policy ----------------------------------------------------------------------------------------------

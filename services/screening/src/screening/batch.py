@@ -6,11 +6,10 @@ It resolves every patient by external id and finds the active consents in two st
 number of rows, and creates the new patients (only where the policy requires no consent) in one insert.
 Names arrive as the gateway's ciphertexts and are sealed with this service's keys, as for a single screening.
 
-A classified chunk is stored in one transaction with one INSERT, idempotent on screening id; then every
-screening is announced with the usual ``ScreeningRecorded`` (the event id a single screening would get:
-derived from its screening id) and the chunk with one ``ScreeningBatchRecorded``. A redelivered chunk inserts
-nothing and re-announces what is stored under the same event ids, so a crash between commit and publish
-loses nothing.
+A classified chunk is stored in one transaction with one INSERT, idempotent on screening id; then the chunk
+is announced with one ``ScreeningBatchRecorded`` v2 carrying every row's screening (its event id derived from
+the classified chunk's), and no per-row ``ScreeningRecorded``. A redelivered chunk inserts nothing and
+re-announces what is stored under the same event id, so a crash between commit and publish loses nothing.
 """
 
 from __future__ import annotations
@@ -202,7 +201,9 @@ def recorded_now(row: ev.ClassifiedRow, requested_at: datetime, now: datetime) -
 
 
 def recorded_before(stored: store.NewScreening) -> screening_ev.ScreeningRecordedV1:
-    """The announcement of a row an earlier delivery stored, as it was stored (first write wins)."""
+    """The announcement of a row an earlier delivery stored, as it was stored (first write wins); also what
+    ``GET /api/screenings/{id}/recorded`` answers, so it must equal what was published, byte for byte in
+    canonical JSON (the audit ledger keeps its digest)."""
     assessment = store.as_json(stored.assessment)
     return screening_ev.ScreeningRecordedV1(
         screening_id=stored.id, status=stored.status,  # type: ignore[arg-type]
@@ -212,12 +213,12 @@ def recorded_before(stored: store.NewScreening) -> screening_ev.ScreeningRecorde
         recorded_at=stored.recorded_at, patient_id=stored.patient_id, collected_at=stored.collected_at)
 
 
-def outcome(row: int, recorded: screening_ev.ScreeningRecordedV1) -> ev.RowOutcome:
-    assessment = recorded.assessment
-    return ev.RowOutcome(row=row, screening_id=recorded.screening_id, status=recorded.status,
-                         label=assessment.label if assessment else None,
-                         risk_class=assessment.risk_class if assessment else None,
-                         rejection_reason=recorded.rejection_reason)
+def not_recorded(row: ev.ClassifiedRow, requested_at: datetime, now: datetime) -> screening_ev.ScreeningRecordedV1:
+    """A row whose patient record vanished before its chunk was stored: reported, never stored."""
+    return screening_ev.ScreeningRecordedV1(
+        screening_id=row.request.screening_id, status="rejected", patient_external_id=row.request.patient.external_id,
+        assessment=None, rejection_reason=PATIENT_MISSING, requested_at=requested_at, recorded_at=now,
+        patient_id=row.request.patient.patient_id, collected_at=row.request.collected_at)
 
 
 # -- recording a chunk: I/O ------------------------------------------------------------------------------
@@ -238,9 +239,9 @@ def decode_classified(raw: bytes) -> Envelope[ev.ScreeningBatchClassifiedV1] | N
 
 
 async def record_chunk(registry: store.TenantRegistry, envelope: Envelope[ev.ScreeningBatchClassifiedV1]
-                       ) -> tuple[list[Envelope[Any]], Envelope[Any]]:
-    """Store a chunk (one transaction) and return its announcements: a ``ScreeningRecorded`` per stored row,
-    then the ``ScreeningBatchRecorded`` of the chunk."""
+                       ) -> Envelope[ev.ScreeningBatchRecordedV2]:
+    """Store a chunk (one transaction) and return its one announcement, ``ScreeningBatchRecorded`` v2: each
+    row as stored now, as an earlier delivery stored it (first write wins), or as not recorded."""
     chunk, tenant_id = envelope.payload, envelope.tenant_id
     assert tenant_id is not None
     now = datetime.now(UTC)
@@ -251,8 +252,7 @@ async def record_chunk(registry: store.TenantRegistry, envelope: Envelope[ev.Scr
             requested_by=envelope.actor.user_id, correlation_id=envelope.correlation_id, recorded_at=now)
         earlier_ids = [r.request.screening_id for r in chunk.rows if r.request.screening_id not in inserted]
         earlier = {s.id: s for s in await store.screenings_by_id(conn, earlier_ids)} if earlier_ids else {}
-    announcements: list[Envelope[Any]] = []
-    outcomes: list[ev.RowOutcome] = []
+    rows: list[ev.RecordedRow] = []
     for r in chunk.rows:
         screening_id = r.request.screening_id
         if screening_id in inserted:
@@ -261,20 +261,12 @@ async def record_chunk(registry: store.TenantRegistry, envelope: Envelope[ev.Scr
             recorded = recorded_before(earlier[screening_id])
         else:
             log.error("a batch row's patient record was not found; the row is reported not recorded")
-            outcomes.append(ev.RowOutcome(row=r.request.row, screening_id=screening_id, status="rejected",
-                                          rejection_reason=PATIENT_MISSING))
-            continue
-        outcomes.append(outcome(r.request.row, recorded))
-        announcements.append(new_envelope(
-            recorded, event_type=screening_ev.SCREENING_RECORDED[0], event_version=screening_ev.SCREENING_RECORDED[1],
-            tenant_id=tenant_id, actor=SERVICE_ACTOR, causation=envelope,
-            event_id=derived_event_id(screening_id, screening_ev.SCREENING_RECORDED[0])))
+            recorded = not_recorded(r, chunk.requested_at, now)
+        rows.append(ev.RecordedRow(row=r.request.row, screening=recorded))
     if earlier:
         log.info("classified chunk delivered again: %d stored rows re-announced", len(earlier))
-    chunk_recorded = new_envelope(
-        ev.ScreeningBatchRecordedV1(job_id=chunk.job_id, chunk=chunk.chunk, outcomes=outcomes, recorded_at=now),
-        event_type=ev.SCREENING_BATCH_RECORDED[0], event_version=ev.SCREENING_BATCH_RECORDED[1],
-        tenant_id=tenant_id, actor=SERVICE_ACTOR, causation=envelope,
-        event_id=derived_event_id(envelope.event_id, ev.SCREENING_BATCH_RECORDED[0]))
-    return announcements, chunk_recorded
-
+    kind, version = ev.SCREENING_BATCH_RECORDED_V2
+    return new_envelope(
+        ev.ScreeningBatchRecordedV2(job_id=chunk.job_id, chunk=chunk.chunk, rows=rows, recorded_at=now),
+        event_type=kind, event_version=version, tenant_id=tenant_id, actor=SERVICE_ACTOR, causation=envelope,
+        event_id=derived_event_id(envelope.event_id, kind))

@@ -23,7 +23,7 @@ from shared.events import identity as id_ev
 from shared.events import screening as ev
 from shared.events.batch import BATCH_FETCH_MAX_WAIT_MS
 from shared.events.envelope import derived_event_id
-from shared.kafka import at_least_once, publish, publish_many, subscribe
+from shared.kafka import at_least_once, publish, subscribe
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -117,15 +117,14 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
     @subscribe(broker, Topic.SCREENING_BATCH_CLASSIFIED, **at_least_once(
         settings, "screening-batch-recorder", fetch_max_wait_ms=BATCH_FETCH_MAX_WAIT_MS))
     async def record_screening_batch(raw: bytes) -> None:
-        """A classified chunk stored in one transaction, then announced (see ``screening.batch``)."""
+        """A classified chunk stored in one transaction, then announced by one chunk event (see ``screening.batch``)."""
         envelope = batch.decode_classified(raw)
         if envelope is None:
             return
-        recorded, chunk_recorded = await batch.record_chunk(registry, envelope)
-        await publish_many(broker, Topic.SCREENING_RECORDED, recorded, key=lambda e: str(e.payload.screening_id))
+        chunk_recorded = await batch.record_chunk(registry, envelope)
         await publish(broker, Topic.SCREENING_BATCH_RECORDED, chunk_recorded, key=str(envelope.payload.job_id))
 
-    @subscribe(broker, Topic.IDENTITY, **at_least_once(settings, "screening-tenants"))
+    @subscribe(broker, Topic.IDENTITY, **at_least_once(settings, "screening-tenants", background=True))
     async def provision_tenant(raw: bytes) -> None:
         """``OrganizationCreated`` provisions the tenant's schema; ``UserCreated``, ``RoleChanged`` and
         ``UserDeactivated`` keep the tenant's staff directory (user ids and roles: doctor records link only

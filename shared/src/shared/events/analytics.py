@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.events.batch import MAX_CHUNK_ROWS
 from shared.events.screening import Label, ModelIdentity, Probabilities, RiskClass, Sex
 
 #: Length of the pseudonymous patient key in hex digits (128 bits of the HMAC-SHA256).
@@ -78,3 +79,20 @@ class ScreeningRecordedDeidentifiedV1(BaseModel):
 
 
 SCREENING_RECORDED_DEIDENTIFIED = ("ScreeningRecordedDeidentified", 1)
+
+
+class ScreeningBatchRecordedDeidentifiedV1(BaseModel):
+    """Event: the rows of one recorded chunk of a bulk upload, de-identified; one message for the chunk.
+
+    Published by the screening service for every ``ScreeningBatchRecorded`` (v2), keyed by the chunk's job id.
+    Each element is exactly what ``ScreeningRecordedDeidentified`` would carry for that screening, so a
+    subscriber sees every screening once: a single screening as ``ScreeningRecordedDeidentified``, a bulk row
+    inside this event. Its event id is derived from the chunk event's, so a redelivery repeats the same id.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    screenings: list[ScreeningRecordedDeidentifiedV1] = Field(min_length=1, max_length=MAX_CHUNK_ROWS)
+
+
+SCREENING_BATCH_RECORDED_DEIDENTIFIED = ("ScreeningBatchRecordedDeidentified", 1)

@@ -2,10 +2,10 @@
 
 The gateway validates every row up front, splits the accepted rows into chunks and publishes one
 ``ScreeningBatchRequested`` per chunk; inference answers each with one ``ScreeningBatchClassified``;
-the screening service stores the chunk in one transaction, publishes the usual per-screening
-``ScreeningRecorded`` (so history, audit and the analytics stream see every screening alike) and one
-``ScreeningBatchRecorded`` per chunk, from which the gateway reports the job's progress. A chunk is
-identified by (job id, chunk number); every consumer ignores a chunk it has already handled.
+the screening service stores the chunk in one transaction and announces it with one ``ScreeningBatchRecorded``
+(v2: every row's screening as stored, no per-row ``ScreeningRecorded``), from which the gateway reports the
+job's progress, the analytics stream makes one de-identified chunk event and the audit ledger one entry. A
+chunk is identified by (job id, chunk number); every consumer ignores a chunk it has already handled.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.events.screening import Assessment, CompleteBloodCount, Label, PatientReference, RiskClass
+from shared.events.screening import (
+    Assessment,
+    CompleteBloodCount,
+    Label,
+    PatientReference,
+    RiskClass,
+    ScreeningRecordedV1,
+)
 
 #: Most rows a chunk may hold. A classified row is at most about 3 KB of JSON (an assessment with every finding
 #: is ≈ 2 KB, its request ≈ 0.7 KB with a 64-character patient id), so a classified chunk of 300 rows stays
@@ -100,6 +107,51 @@ class ScreeningBatchRecordedV1(BaseModel):
     recorded_at: datetime
 
 
+class RecordedRow(BaseModel):
+    """One row of a recorded chunk: its place in the upload and the screening exactly as stored.
+
+    A row whose patient record vanished before its chunk was stored cannot be stored; it is still carried,
+    as a rejection whose reason says it was not recorded, so that the chunk accounts for every accepted row.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    row: int = Field(ge=1)
+    screening: ScreeningRecordedV1
+
+    def outcome(self) -> RowOutcome:
+        """The row's line in the job's report."""
+        assessment = self.screening.assessment
+        return RowOutcome(
+            row=self.row, screening_id=self.screening.screening_id, status=self.screening.status,
+            label=assessment.label if assessment else None,
+            risk_class=assessment.risk_class if assessment else None,
+            rejection_reason=self.screening.rejection_reason,
+        )
+
+
+class ScreeningBatchRecordedV2(BaseModel):
+    """Event: a chunk is stored in the tenant's schema; the one recorded event of its rows.
+
+    A chunk stays one message on every hop after inference: v2 carries each row's screening as stored (the
+    content ``ScreeningRecorded`` has for a single screening), and its rows are not also published one by one
+    as ``ScreeningRecorded``. Consumed by the gateway (job progress), the analytics stream (one de-identified
+    chunk event) and the audit ledger (one entry committing to every row). v1 (outcomes only, rows also
+    published as ``ScreeningRecorded``) is still read, so a v1 producer and a v2 consumer can meet in an upgrade.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: uuid.UUID
+    chunk: int = Field(ge=0)
+    rows: list[RecordedRow] = Field(min_length=1, max_length=MAX_CHUNK_ROWS)
+    recorded_at: datetime
+
+    def outcomes(self) -> list[RowOutcome]:
+        return [row.outcome() for row in self.rows]
+
+
 SCREENING_BATCH_REQUESTED = ("ScreeningBatchRequested", 1)
 SCREENING_BATCH_CLASSIFIED = ("ScreeningBatchClassified", 1)
 SCREENING_BATCH_RECORDED = ("ScreeningBatchRecorded", 1)
+SCREENING_BATCH_RECORDED_V2 = ("ScreeningBatchRecorded", 2)

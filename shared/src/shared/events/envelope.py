@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -38,6 +39,16 @@ class Envelope(BaseModel, Generic[P]):
 
 
 RawEnvelope = Envelope[dict[str, Any]]
+
+
+def event_kind(raw: bytes, headers: Iterable[tuple[str, bytes]]) -> tuple[str, int]:
+    """An event's type and version, from the headers every platform publish carries (so a consumer skips an
+    event without parsing it), else from the envelope. Raises ``ValueError`` for an unreadable one."""
+    found = dict(headers)
+    if "event_type" in found and "event_version" in found:
+        return found["event_type"].decode(), int(found["event_version"])
+    head = RawEnvelope.model_validate_json(raw)
+    return head.event_type, head.event_version
 
 
 def new_envelope(
