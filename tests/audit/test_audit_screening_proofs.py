@@ -85,6 +85,26 @@ async def test_a_bulk_row_as_recorded_by_the_screening_service_is_the_one_its_ch
     assert check.ok, check.summary()
 
 
+async def test_a_bulk_row_still_proves_after_its_patients_external_id_is_corrected(
+    gateway: httpx.AsyncClient, lab: dict[str, str]
+) -> None:
+    """The screening keeps the external id it was recorded with; the patient's record shows the correction."""
+    patient = await consented_patient(gateway, lab)
+    job_id = ok(await upload(gateway, lab, csv_batch(csv_row(patient["external_id"]))), 202)["job_id"]
+    [outcome] = (await completed(gateway, lab, job_id))["outcomes"]
+    corrected = f"fixed-{uuid.uuid4().hex[:12]}"
+    ok(await gateway.patch(f"/api/patients/{patient['id']}", json={"external_id": corrected}, headers=lab))
+    screening = await recorded_screening(gateway, lab, outcome["screening_id"])
+    assert screening["patient_external_id"] == patient["external_id"]
+    assert ok(await gateway.get(f"/api/screenings/{outcome['screening_id']}", headers=lab))[
+        "patient_external_id"] == corrected
+
+    reader = await auditor(gateway)
+    proof = await signed_proof(gateway, reader, outcome["screening_id"])
+    check = verify_screening_proof(proof, public_keys=[await public_key(gateway, reader)], screening=screening)
+    assert check.ok, check.summary()
+
+
 async def test_a_single_screening_as_recorded_by_the_screening_service_is_its_entrys_payload(
     gateway: httpx.AsyncClient, lab: dict[str, str]
 ) -> None:

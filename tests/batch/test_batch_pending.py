@@ -55,6 +55,14 @@ async def test_a_batch_row_not_yet_recorded_is_pending_and_names_its_job(
     assert ok(await gateway.get(f"/api/screening/batch/{job_id}", headers=lab))["recorded"] == 0
 
 
+async def test_a_batch_row_not_yet_recorded_is_pending_as_recorded_too(
+    gateway: httpx.AsyncClient, lab: dict, stalled_job: tuple[str, list[str]]
+) -> None:
+    job_id, [screening_id, _] = stalled_job
+    assert ok(await gateway.get(f"/api/screenings/{screening_id}/recorded", headers=lab), 202) == {
+        "id": screening_id, "status": "pending", "batch_id": job_id}
+
+
 async def test_another_organisations_pending_batch_row_is_not_found_like_an_unknown_one(
     gateway: httpx.AsyncClient, stalled_job: tuple[str, list[str]]
 ) -> None:

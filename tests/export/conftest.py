@@ -57,8 +57,8 @@ async def insert_rejected(engine: AsyncEngine, schema: str, patient_id: str) -> 
     async with engine.begin() as conn:
         await conn.execute(text(
             f'INSERT INTO "{schema}".screenings (id, patient_id, status, cbc, rejection_reason, correlation_id, '
-            "requested_at, recorded_at) VALUES (:id, :patient, 'rejected', CAST(:cbc AS jsonb), :reason, :corr, "
-            "now(), now())"),
+            "requested_at, recorded_at, patient_external_id) VALUES (:id, :patient, 'rejected', CAST(:cbc AS jsonb), "
+            f':reason, :corr, now(), now(), (SELECT external_id FROM "{schema}".patients WHERE id = :patient))'),
             {"id": screening_id, "patient": patient_id, "cbc": json.dumps(HEALTHY_CBC), "reason": REJECTION,
              "corr": uuid.uuid4()})
     return screening_id

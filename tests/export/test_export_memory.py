@@ -77,7 +77,7 @@ async def _insert(engine: AsyncEngine, schema: str, cipher: PhiCipher, newest: d
             {"name": cipher.encrypt("Bulk Exportpatient"), "key_id": cipher.current_key_id, "patients": PATIENTS})
         await conn.execute(text(
             f'INSERT INTO "{schema}".screenings (id, patient_id, status, cbc, assessment, rejection_reason, '
-            "label, risk_class, model_version, correlation_id, requested_at, recorded_at) "
+            "label, risk_class, model_version, correlation_id, requested_at, recorded_at, patient_external_id) "
             "SELECT gen_random_uuid(), p.id, CASE WHEN g % 50 = 7 THEN 'rejected' ELSE 'classified' END, "
             "jsonb_build_object('hb', 9 + (g % 60) / 10.0, 'rbc', 4.5, 'hct', 40.5, 'mcv', 90, 'mch', 30, "
             "'mchc', 33.3, 'rdw', 13.1, 'wbc', 6.2, 'platelets', 250, 'neutrophils_pct', 55, "
@@ -88,9 +88,9 @@ async def _insert(engine: AsyncEngine, schema: str, cipher: PhiCipher, newest: d
             "CASE WHEN g % 50 = 7 THEN :reason END, CASE WHEN g % 50 <> 7 THEN l.label END, "
             "CASE WHEN g % 50 <> 7 THEN g % 3 + 1 END, CASE WHEN g % 50 <> 7 THEN '1.0.0' END, "
             "gen_random_uuid(), CAST(:newest AS timestamptz) - (g + 2) * interval '1 second', "
-            "CAST(:newest AS timestamptz) - g * interval '1 second' "
+            "CAST(:newest AS timestamptz) - g * interval '1 second', p.external_id "
             "FROM generate_series(0, :screenings - 1) g "
-            "JOIN (SELECT id, sex, row_number() OVER (ORDER BY id) - 1 AS k FROM "
+            "JOIN (SELECT id, sex, external_id, row_number() OVER (ORDER BY id) - 1 AS k FROM "
             f'"{schema}".patients) p ON p.k = g % :patients '
             "JOIN (VALUES (0, 'normal', 0.8, 0.15, 0.05), (1, 'borderline', 0.3, 0.5, 0.2), "
             "(2, 'deficient', 0.1, 0.2, 0.7)) l(k, label, pn, pb, pd) ON l.k = g % 3"),

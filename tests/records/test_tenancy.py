@@ -58,10 +58,10 @@ async def test_status_reports_every_schema_and_its_revision(platform: Platform, 
         assert lines[schema] == f"{head_revision(TENANT_MIGRATIONS)}\tcurrent"
 
 
-#: What the tenant revisions after t0001 added, undone newest first (t0005, t0004 with the policy table, t0003,
-#: then t0002).
+#: What the tenant revisions after t0001 added, undone newest first (t0006, t0005, t0004 with the policy table,
+#: t0003, then t0002).
 UNDO_AFTER_T0001 = (
-    "ALTER TABLE screenings DROP COLUMN collected_at",
+    "ALTER TABLE screenings DROP COLUMN patient_external_id", "ALTER TABLE screenings DROP COLUMN collected_at",
     "DROP INDEX screenings_batch_job", "ALTER TABLE screenings DROP COLUMN batch_job_id, DROP COLUMN batch_row",
     "DROP TABLE policy", "DROP TABLE consents", "DROP INDEX screenings_risk_class", "DROP INDEX patients_created_at_id",
     "ALTER TABLE screenings DROP COLUMN lab_id, DROP COLUMN doctor_id, DROP COLUMN consent_id",
@@ -88,6 +88,32 @@ async def test_migrate_brings_a_schema_left_behind_to_the_newest_revision(
     migrated = await asyncio.to_thread(cli, platform, "migrate")
     assert migrated.returncode == 0 and f"{schema}\t{head_revision(TENANT_MIGRATIONS)}\tcurrent" in migrated.stdout
     assert await _revision(engine, schema) == head_revision(TENANT_MIGRATIONS)
+
+
+async def test_migrating_to_t0006_gives_existing_screenings_their_patients_external_id(
+    platform: Platform, engine: AsyncEngine,
+) -> None:
+    org, patient, screening = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert (await asyncio.to_thread(cli, platform, "provision", str(org))).returncode == 0
+    schema = tenant_schema(org)
+    async with engine.begin() as conn:  # a screening stored at t0005, before screenings kept the external id
+        await conn.execute(text(f'SET LOCAL search_path TO "{schema}"'))
+        await conn.execute(text("ALTER TABLE screenings DROP COLUMN patient_external_id"))
+        await conn.execute(text("UPDATE alembic_version SET version_num = 't0005'"))
+        await conn.execute(text("INSERT INTO patients (id, external_id) VALUES (:p, 'MRN-before-t0006')"),
+                           {"p": patient})
+        await conn.execute(text(
+            "INSERT INTO screenings (id, patient_id, status, cbc, correlation_id, requested_at, recorded_at) "
+            "VALUES (:s, :p, 'rejected', '{}', :s, now(), now())"), {"s": screening, "p": patient})
+    migrated = await asyncio.to_thread(cli, platform, "migrate")
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    async with engine.connect() as conn:
+        kept = await conn.scalar(text(f'SELECT patient_external_id FROM "{schema}".screenings WHERE id = :s'),
+                                 {"s": screening})
+        nullable = await conn.scalar(text(
+            "SELECT is_nullable FROM information_schema.columns WHERE table_schema = :schema "
+            "AND table_name = 'screenings' AND column_name = 'patient_external_id'"), {"schema": schema})
+    assert (kept, nullable) == ("MRN-before-t0006", "NO")
 
 
 async def test_provision_creates_the_schema_of_an_existing_organisation(platform: Platform,

@@ -43,6 +43,9 @@ from clinomic_ops.pgtools import (
     with_database,
 )
 
+#: How long a restore into an occupied database waits for sessions that are closing to be gone.
+SESSION_SETTLE_SECONDS = 5.0
+
 
 @dataclass
 class Keys:
@@ -193,6 +196,18 @@ async def _occupied(dsn: str) -> tuple[list[str], int]:
         return [r[0] for r in rows], int(others)
     finally:
         await pg.close()
+
+
+async def _sessions_after_settling(dsn: str, seconds: float = SESSION_SETTLE_SECONDS) -> int:
+    """Other sessions still connected after up to ``seconds``: a client that has just closed its connection
+    (an earlier command, a stopped service) keeps its server process in ``pg_stat_activity`` until that
+    process has exited, which on a busy machine takes a moment."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        _, others = await _occupied(dsn)
+        if not others or asyncio.get_running_loop().time() >= deadline:
+            return others
+        await asyncio.sleep(0.25)
 
 
 async def _wipe(dsn: str, schemas: list[str]) -> None:
@@ -511,6 +526,8 @@ async def restore(
                 f"database {database_name(dsn)} is not empty (schemas: {', '.join(occupied)}); "
                 "use --force to replace its contents; nothing was restored"
             )
+        if occupied and others:
+            others = await _sessions_after_settling(dsn)
         if occupied and others:
             raise OpsError(
                 f"{others} other session(s) are connected to {database_name(dsn)}: stop the platform's "

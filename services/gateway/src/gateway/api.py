@@ -157,6 +157,12 @@ async def screening(screening_id: uuid.UUID, request: Request, principal: Authen
     """A screening; one the gateway accepted (classify or a batch row) but the screening service has not
     recorded yet is 202 pending for the organisation's screeners, not 404."""
     await limited(request, "default", str(principal.user_id))
+    return await _or_pending(screening_id, request, principal)
+
+
+async def _or_pending(screening_id: uuid.UUID, request: Request, principal: Principal) -> Response:
+    """The screening service's answer, except that its 404 for a screening the gateway accepted but the service
+    has not recorded yet is 202 pending for the organisation's screeners."""
     response = await forward(request.app.state.http, request.app.state.settings.screening_url, request)
     if (response.status_code == status.HTTP_404_NOT_FOUND and principal.org_id is not None
             and principal.role in (Role.LAB_TECHNICIAN, Role.ORG_ADMIN)):
@@ -168,12 +174,13 @@ async def screening(screening_id: uuid.UUID, request: Request, principal: Authen
     return response
 
 
-@router.get("/api/screenings/{screening_id}/recorded", tags=["screening"])
+@router.get("/api/screenings/{screening_id}/recorded", tags=["screening"], responses={
+    202: {"description": "Accepted, not yet recorded; a batch row names its job (batch_id)"}})
 async def recorded_screening(screening_id: uuid.UUID, request: Request, principal: Authenticated) -> Response:
     """A screening as recorded (the object its event carried), answered by the screening service: what the
-    audit ledger's proof of that screening is checked against."""
+    audit ledger's proof of that screening is checked against. Not yet recorded: 202 pending, as above."""
     await limited(request, "default", str(principal.user_id))
-    return await forward(request.app.state.http, request.app.state.settings.screening_url, request)
+    return await _or_pending(screening_id, request, principal)
 
 
 @router.api_route("/api/screening/{rest:path}", methods=["GET", "PUT"], tags=["screening"])

@@ -263,8 +263,10 @@ async def get_screening(screening_id: uuid.UUID, t: Clinician) -> Screening:
 @router.get("/api/screenings/{screening_id}/recorded", response_model=ScreeningRecordedV1)
 async def get_recorded_screening(screening_id: uuid.UUID, t: Clinician) -> Response:
     """The screening as recorded: the ``ScreeningRecorded`` object its event carried (a bulk row's, inside its
-    chunk's event), rebuilt from the record, so the organisation can check it against the audit ledger's digest
-    (``clinomic-audit-verify verify-proof --screening``). No name in it, so no PHI is viewed."""
+    chunk's event), rebuilt from the record (with the external id it was recorded with, whatever the patient's is
+    now), so the organisation can check it against the audit ledger's digest (``clinomic-audit-verify
+    verify-proof --screening``). No name in it, so no PHI is viewed. The gateway answers 202 pending for one
+    accepted but not recorded yet."""
     async with t.tx() as conn:
         row = await store.screening(conn, screening_id, doctor_user=t.doctor_user)
     if row is None:

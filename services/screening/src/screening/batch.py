@@ -186,7 +186,7 @@ def stored_form(row: ev.ClassifiedRow, requested_at: datetime) -> store.BatchScr
         risk_class=int(assessment.risk_class) if assessment else None,
         model_version=assessment.model.version if assessment else None,
         requested_at=requested_at, consent_id=request.consent_id, batch_row=request.row,
-        collected_at=request.collected_at,
+        patient_external_id=request.patient.external_id, collected_at=request.collected_at,
     )
 
 
@@ -201,13 +201,16 @@ def recorded_now(row: ev.ClassifiedRow, requested_at: datetime, now: datetime) -
 
 
 def recorded_before(stored: store.NewScreening) -> screening_ev.ScreeningRecordedV1:
-    """The announcement of a row an earlier delivery stored, as it was stored (first write wins); also what
-    ``GET /api/screenings/{id}/recorded`` answers, so it must equal what was published, byte for byte in
-    canonical JSON (the audit ledger keeps its digest)."""
+    """The announcement of a screening as it was stored (first write wins): what a single screening's
+    ``ScreeningRecorded`` carries, what a redelivered chunk re-announces, and what ``GET
+    /api/screenings/{id}/recorded`` answers, so it must equal what was published, byte for byte in canonical
+    JSON (the audit ledger keeps its digest). Hence the external id the screening was recorded with, not the
+    patient's current one."""
+    assert stored.recorded_external_id is not None, "a screening read back from the database"
     assessment = store.as_json(stored.assessment)
     return screening_ev.ScreeningRecordedV1(
         screening_id=stored.id, status=stored.status,  # type: ignore[arg-type]
-        patient_external_id=stored.patient_external_id,
+        patient_external_id=stored.recorded_external_id,
         assessment=screening_ev.Assessment.model_validate(assessment) if assessment else None,
         rejection_reason=stored.rejection_reason, requested_at=stored.requested_at,
         recorded_at=stored.recorded_at, patient_id=stored.patient_id, collected_at=stored.collected_at)

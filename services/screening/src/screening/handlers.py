@@ -65,21 +65,11 @@ def to_row(envelope: Envelope[Any], now: datetime) -> store.NewScreening:
 
 
 def recorded_event(row: store.NewScreening, cause: Envelope[Any], tenant: Any) -> Envelope[Any]:
-    assessment = store.as_json(row.assessment)
-    payload = ev.ScreeningRecordedV1(
-        screening_id=row.id,
-        status=row.status,  # type: ignore[arg-type]
-        patient_external_id=row.patient_external_id,
-        assessment=ev.Assessment.model_validate(assessment) if assessment else None,
-        rejection_reason=row.rejection_reason,
-        requested_at=row.requested_at,
-        recorded_at=row.recorded_at,
-        patient_id=row.patient_id,
-        collected_at=row.collected_at,
-    )
+    """The screening as stored (``batch.recorded_before``: what ``/api/screenings/{id}/recorded`` rebuilds)."""
     return new_envelope(
-        payload, event_type=ev.SCREENING_RECORDED[0], event_version=ev.SCREENING_RECORDED[1], tenant_id=tenant,
-        actor=SERVICE_ACTOR, causation=cause, event_id=derived_event_id(row.id, ev.SCREENING_RECORDED[0]),
+        batch.recorded_before(row), event_type=ev.SCREENING_RECORDED[0], event_version=ev.SCREENING_RECORDED[1],
+        tenant_id=tenant, actor=SERVICE_ACTOR, causation=cause,
+        event_id=derived_event_id(row.id, ev.SCREENING_RECORDED[0]),
     )
 
 

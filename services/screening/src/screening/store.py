@@ -89,12 +89,15 @@ class NewScreening:
     lab_id: uuid.UUID | None = None
     doctor_id: uuid.UUID | None = None
     collected_at: datetime | None = None
+    #: Read back only: the external id the screening was recorded with, what its ``ScreeningRecorded`` carried
+    #: (``patient_external_id`` is then the patient's current one, which a correction may have changed).
+    recorded_external_id: str | None = None
 
 
 _SCREENING_COLUMNS = (
     "s.id, p.external_id, p.name_ciphertext, s.status, s.cbc, s.assessment, s.rejection_reason, s.label, "
     "s.risk_class, s.model_version, s.requested_by, s.correlation_id, s.requested_at, s.recorded_at, "
-    "s.patient_id, s.consent_id, s.lab_id, s.doctor_id, s.collected_at"
+    "s.patient_id, s.consent_id, s.lab_id, s.doctor_id, s.collected_at, s.patient_external_id"
 )
 _FROM = "FROM screenings s JOIN patients p ON p.id = s.patient_id"
 #: Narrows patient-bound rows to the patients referred to the doctor whose user id is ``:doctor_user``.
@@ -110,7 +113,8 @@ async def record(conn: AsyncConnection, screenings: list[NewScreening]) -> list[
 
     The patient was resolved (and, if new, created) by the admission check; a command accepted before that
     check existed names only the external id, and its patient is created here when missing, never updated.
-    The screening keeps the lab and the referring doctor the patient had when it was recorded.
+    The screening keeps the lab and the referring doctor the patient had when it was recorded, and the external
+    id it was requested with.
     """
     legacy = [s for s in screenings if s.patient_id is None]
     if legacy:
@@ -122,9 +126,9 @@ async def record(conn: AsyncConnection, screenings: list[NewScreening]) -> list[
     insert = text(
         "INSERT INTO screenings (id, patient_id, status, cbc, assessment, rejection_reason, label, risk_class, "
         "model_version, requested_by, correlation_id, requested_at, recorded_at, consent_id, lab_id, doctor_id, "
-        "collected_at) "
+        "collected_at, patient_external_id) "
         "SELECT :id, p.id, :status, :cbc, :assessment, :reason, :label, :risk, :model, :by, :corr, :req, :rec, "
-        ":consent, p.lab_id, p.referring_doctor_id, :collected FROM patients p "
+        ":consent, p.lab_id, p.referring_doctor_id, :collected, :ext FROM patients p "
         "WHERE p.id = COALESCE(CAST(:pid AS uuid), (SELECT x.id FROM patients x WHERE x.external_id = :ext)) "
         "ON CONFLICT (id) DO NOTHING"
     ).bindparams(bindparam("cbc", type_=JSONB), bindparam("assessment", type_=JSONB))
@@ -433,6 +437,7 @@ class BatchScreening:
     requested_at: datetime
     consent_id: uuid.UUID | None
     batch_row: int
+    patient_external_id: str
     collected_at: datetime | None = None
 
 
@@ -441,7 +446,8 @@ async def record_batch(conn: AsyncConnection, screenings: list[BatchScreening], 
                        recorded_at: datetime) -> set[uuid.UUID]:
     """Insert a chunk's screenings in one statement, first write wins; returns the ids inserted now.
 
-    Like ``record``, each screening keeps the lab and referring doctor its patient has at this moment.
+    Like ``record``, each screening keeps the lab and referring doctor its patient has at this moment, and the
+    external id its row named.
     """
     columns = {
         "ids": ("uuid", [s.id for s in screenings]), "patients": ("uuid", [s.patient_id for s in screenings]),
@@ -453,17 +459,18 @@ async def record_batch(conn: AsyncConnection, screenings: list[BatchScreening], 
         "requested": ("timestamptz", [s.requested_at for s in screenings]),
         "consents": ("uuid", [s.consent_id for s in screenings]), "rows": ("integer", [s.batch_row for s in screenings]),
         "collected": ("timestamptz", [s.collected_at for s in screenings]),
+        "external_ids": ("text", [s.patient_external_id for s in screenings]),
     }
     arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, (kind, _) in columns.items())
     inserted = await conn.scalars(
         text("INSERT INTO screenings (id, patient_id, status, cbc, assessment, rejection_reason, label, risk_class, "
              "model_version, requested_by, correlation_id, requested_at, recorded_at, consent_id, lab_id, doctor_id, "
-             "batch_job_id, batch_row, collected_at) "
+             "batch_job_id, batch_row, collected_at, patient_external_id) "
              "SELECT v.id, p.id, v.status, CAST(v.cbc AS jsonb), CAST(v.assessment AS jsonb), v.reason, v.label, "
              "v.risk, v.model, :by, :correlation, v.requested, :recorded, v.consent, p.lab_id, p.referring_doctor_id, "
-             f":job, v.batch_row, v.collected FROM unnest({arrays}) "
+             f":job, v.batch_row, v.collected, v.external_id FROM unnest({arrays}) "
              "AS v(id, patient, status, cbc, assessment, reason, label, risk, model, requested, consent, batch_row, "
-             "collected) "
+             "collected, external_id) "
              "JOIN patients p ON p.id = v.patient ON CONFLICT (id) DO NOTHING RETURNING id"),
         {name: values for name, (_, values) in columns.items()}
         | {"by": requested_by, "correlation": correlation_id, "recorded": recorded_at, "job": job_id},

@@ -499,6 +499,7 @@ def plan(documents: Mapping[str, Iterable[Mapping[str, Any]]], decrypt: Decrypt 
         return Planned("screenings", ident, org_id(org), org, v1_id, digest,
                        {"status": "migrated", "cbc": cbc, "assessment": assessment, "label": LABELS[risk],
                         "risk_class": risk, "model_version": assessment["model"]["version"],
+                        "patient_external_id": text_of(doc.get("patientId")),
                         "correlation_id": uuid.uuid5(NAMESPACE, f"correlation|{ident}"),
                         "requested_at": at, "recorded_at": at},
                        parent=parent, refs={k: v for k, v in refs.items() if v is not None})

@@ -51,7 +51,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
                               "status", "recorded_by", "recorded_at", "revoked_by", "revoked_at"), ()),
     "screenings": ("screenings", ("id", "patient_id", "status", "cbc", "assessment", "label", "risk_class",
                                   "model_version", "requested_by", "correlation_id", "requested_at", "recorded_at",
-                                  "lab_id", "doctor_id"), ()),
+                                  "lab_id", "doctor_id", "patient_external_id"), ()),
 }
 _JSON_COLUMNS = frozenset({"cbc", "assessment"})
 
