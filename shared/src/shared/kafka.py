@@ -168,10 +168,12 @@ class ResumeWithinLog(ConsumerRebalanceListener):  # type: ignore[misc]
     line is what ``devstack.recovery`` reads to time each group's recovery.
     """
 
-    def __init__(self, group: str, reset: str, then: ConsumerRebalanceListener | None = None) -> None:
+    def __init__(self, group: str, reset: str, then: ConsumerRebalanceListener | None = None,
+                 tempo: Tempo | None = None) -> None:
         self.group = group
         self.reset = reset
         self.then = then
+        self.tempo = tempo
         self.subscriber: Any = None  # bound by :func:`subscribe`; its ``consumer`` exists once started
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -188,6 +190,8 @@ class ResumeWithinLog(ConsumerRebalanceListener):  # type: ignore[misc]
             except Exception:  # the broker went away again, or is slow: the next assignment checks once more
                 log.warning("consumer group %s could not compare positions with the log ends", self.group,
                             exc_info=True)
+        if consumer is not None and self.tempo is not None:
+            self.tempo.follow(consumer, self.subscriber)
         if self.then is not None:
             await self.then.on_partitions_assigned(assigned)
 
@@ -210,14 +214,16 @@ class ResumeWithinLog(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def subscribe(broker: KafkaBroker, *topics: str, **options: Any) -> Any:
     """``broker.subscriber`` as a decorator, for the options of :func:`at_least_once` or
-    :func:`every_event_from_now` (a ``listener`` among them is still called after the check).
+    :func:`every_event_from_now` (a ``listener`` among them is still called after the check; a ``tempo``
+    paces the consumer from its first assignment on).
 
     Its consumer never waits for a log to grow past a lost position (:class:`ResumeWithinLog`), and an
     at-least-once handler is wrapped by :func:`shared.deadletter.guarded`: a message it keeps failing on is
     dead-lettered after bounded retries instead of blocking its partition.
     """
     group = options["group_id"]
-    guard = ResumeWithinLog(group, options.get("auto_offset_reset", "latest"), then=options.pop("listener", None))
+    guard = ResumeWithinLog(group, options.get("auto_offset_reset", "latest"), then=options.pop("listener", None),
+                            tempo=options.pop("tempo", None))
     subscriber = broker.subscriber(*topics, listener=guard, **options)
     guard.subscriber = subscriber
     if options.get("ack_policy") is not AckPolicy.NACK_ON_ERROR:
@@ -229,7 +235,7 @@ def subscribe(broker: KafkaBroker, *topics: str, **options: Any) -> Any:
     return register
 
 
-def polling(settings: CommonSettings, background: bool) -> dict[str, int]:
+def polling(settings: CommonSettings, *, background: bool, ceiling_ms: int | None = None) -> dict[str, Any]:
     """How often an idle consumer asks: milliseconds on the classify path, a relaxed period off it.
 
     The bundled broker holds an empty fetch for the whole ``fetch_max_wait_ms`` and does not answer early when
@@ -239,11 +245,101 @@ def polling(settings: CommonSettings, background: bool) -> dict[str, int]:
     :data:`ASSIGNMENT_CHECK_SECONDS` (``docs/decisions.md``, "Development infrastructure"). A batch subscriber
     that found nothing also sleeps ``batch_timeout_ms`` before it looks again (it takes records at once when
     they come): off the classify path it need not wake 100 times a second.
+
+    A consumer with a short ceiling (the classify path's, or ``ceiling_ms`` of its own, e.g. bulk screening's)
+    rests when nothing comes (:class:`Tempo`): after a quiet spell it polls at ``KAFKA_IDLE_FETCH_MAX_WAIT_MS``
+    on the classify path, at the relaxed period otherwise. Its ``tempo`` option is read by :func:`subscribe`.
     """
-    if not background:
-        return {"fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms}
     relaxed = settings.kafka_background_fetch_max_wait_ms
-    return {"fetch_max_wait_ms": relaxed, "batch_timeout_ms": relaxed}
+    if background and ceiling_ms is None:
+        return {"fetch_max_wait_ms": relaxed, "batch_timeout_ms": relaxed}
+    brisk = ceiling_ms or settings.kafka_fetch_max_wait_ms
+    resting = relaxed if ceiling_ms else settings.kafka_idle_fetch_max_wait_ms
+    return {"fetch_max_wait_ms": brisk, "tempo": Tempo(brisk, resting)}
+
+
+#: A consumer that has seen no new record for this long polls at its resting ceiling (:class:`Tempo`).
+QUIET_AFTER_SECONDS = 2.0
+#: How often a :class:`Tempo` looks at its consumer's log ends (local state only, no request).
+TEMPO_CHECK_SECONDS = 0.1
+
+
+def ceiling_ms(quiet_for: float, *, brisk_ms: int, resting_ms: int, quiet_after: float = QUIET_AFTER_SECONDS) -> int:
+    """The fetch ceiling of a consumer whose last new record (or announced one) was ``quiet_for`` seconds ago."""
+    return brisk_ms if quiet_for < quiet_after else max(brisk_ms, resting_ms)
+
+
+class Tempo:
+    """The polling period of one consumer: brisk while records come, resting after a quiet spell.
+
+    On the bundled broker an empty fetch is held for the whole ceiling (:func:`polling`), so a classify-path
+    consumer at 5 ms costs the broker and itself 200 fetches a second even when nothing happens, and a batch
+    subscriber's loop wakes as often (``batch_timeout_ms``): most of an idle platform's CPU. A Tempo watches the
+    log ends its consumer learns from every fetch answer (no request of its own) and, after
+    :data:`QUIET_AFTER_SECONDS` without a new record, raises the ceiling and the batch loop's period to
+    ``resting_ms``; the first record after the spell waits up to about twice that once, then both are brisk
+    again. A process that knows a record is coming (a request waits for it) calls :meth:`brisk` ahead of it.
+
+    The ceiling is aiokafka's ``Fetcher._fetch_max_wait_ms``, read each time a fetch request is built (aiokafka
+    0.14), and the period FastStream's ``batch_timeout_ms``, read on each turn of its loop;
+    ``tests/integration/test_consumer_tempo.py`` fails if either stops working. Kafka itself answers a held
+    fetch as soon as a record arrives, so there a resting ceiling costs nothing.
+    """
+
+    def __init__(self, brisk_ms: int, resting_ms: int) -> None:
+        self.brisk_ms = brisk_ms
+        self.resting_ms = resting_ms
+        self._last_news = 0.0
+        self._consumer: Any = None
+        self._subscriber: Any = None
+        self._brisk_batch_ms: int | None = None  # the subscriber's own batch period, when it is a batch one
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def current_ms(self) -> int | None:
+        """The ceiling the next fetch asks for (``None`` before the first assignment)."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        return None if fetcher is None else int(fetcher._fetch_max_wait_ms)
+
+    @property
+    def batch_period_ms(self) -> int | None:
+        """How long the batch loop waits for records, then sleeps when none came (``None``: not a batch one)."""
+        return None if self._brisk_batch_ms is None else int(self._subscriber.batch_timeout_ms)
+
+    def brisk(self) -> None:
+        """Poll briskly from now on (until the next quiet spell)."""
+        self._last_news = asyncio.get_running_loop().time()
+        self._set(self.brisk_ms)
+
+    def follow(self, consumer: Any, subscriber: Any) -> None:
+        """Start pacing ``consumer`` (called on each assignment; a consumer already followed is left as is)."""
+        if consumer is self._consumer and self._task is not None and not self._task.done():
+            return
+        if self._task is not None:
+            self._task.cancel()
+        if self._subscriber is None:
+            self._brisk_batch_ms = getattr(subscriber, "batch_timeout_ms", None)
+        self._consumer, self._subscriber = consumer, subscriber
+        self.brisk()
+        self._task = asyncio.create_task(self._pace(consumer), name=f"tempo-{id(consumer)}")
+
+    def _set(self, ceiling: int) -> None:
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_max_wait_ms = ceiling
+        if self._brisk_batch_ms is not None:
+            self._subscriber.batch_timeout_ms = self._brisk_batch_ms if ceiling == self.brisk_ms else ceiling
+
+    async def _pace(self, consumer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[int | None] = []
+        while not getattr(consumer, "_closed", True):
+            await asyncio.sleep(TEMPO_CHECK_SECONDS)
+            ends = [consumer.highwater(tp) for tp in sorted(consumer.assignment())]
+            if ends != seen:
+                seen = ends
+                self._last_news = loop.time()
+            self._set(ceiling_ms(loop.time() - self._last_news, brisk_ms=self.brisk_ms, resting_ms=self.resting_ms))
 
 
 def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms: int | None = None,
@@ -257,8 +353,7 @@ def at_least_once(settings: CommonSettings, group_id: str, *, fetch_max_wait_ms:
         "decoder": raw_body,
         "group_id": group_id,
         "auto_offset_reset": "earliest",
-        **polling(settings, background),
-        **({"fetch_max_wait_ms": fetch_max_wait_ms} if fetch_max_wait_ms else {}),
+        **polling(settings, background=background, ceiling_ms=fetch_max_wait_ms),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
         "session_timeout_ms": SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
@@ -276,7 +371,7 @@ def every_event_from_now(settings: CommonSettings, name: str, *, background: boo
         "decoder": raw_body,
         "group_id": f"{name}-{uuid.uuid4().hex}",
         "auto_offset_reset": "latest",
-        **polling(settings, background),
+        **polling(settings, background=background),
         "ack_policy": AckPolicy.MANUAL,
         "session_timeout_ms": SESSION_TIMEOUT_MS,
         "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,

@@ -32,6 +32,9 @@ class CommonSettings(BaseSettings):
     kafka_background_fetch_max_wait_ms: int = Field(
         500, ge=1, le=1000, description="Long-poll ceiling of consumers off the classify path (ledger, caches, "
         "analytics copy); an idle consumer costs one fetch per ceiling (docs/decisions.md)")
+    kafka_idle_fetch_max_wait_ms: int = Field(
+        50, ge=1, le=1000, description="Long-poll ceiling of a classify-path consumer after a quiet spell; the first "
+        "record after it waits up to this long once (docs/decisions.md, \"Polling that rests\")")
     kafka_topic_partitions: int = Field(4, ge=1, description="Partitions of each topic this service creates")
     kafka_topic_replication_factor: int = Field(
         1, ge=1, description="Replicas of each topic this service creates (1: one broker; 3 in production)")

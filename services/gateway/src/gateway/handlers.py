@@ -55,8 +55,10 @@ def chunk_outcomes(raw: bytes, headers: Any) -> tuple[uuid.UUID, int, list[batch
 def register(broker: KafkaBroker, settings: CommonSettings, outcomes: Outcomes, engine: Any) -> None:
     # Every gateway replica must see every recorded event (any of them may hold the waiting request), so each
     # process reads with a group of its own, from the moment it starts.
-    @subscribe(broker, Topic.SCREENING_RECORDED, batch=True, max_records=1000, batch_timeout_ms=5,
-               **every_event_from_now(settings, "gateway"))
+    waiter = every_event_from_now(settings, "gateway")
+    outcomes.heads_up = waiter["tempo"].brisk
+
+    @subscribe(broker, Topic.SCREENING_RECORDED, batch=True, max_records=1000, batch_timeout_ms=5, **waiter)
     async def screening_recorded(messages: list[bytes], message: KafkaMessage) -> None:
         """Only an event a request waits for is parsed (its key is the screening id); the intake entries of
         all of them are closed with the events as published."""

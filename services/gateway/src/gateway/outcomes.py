@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -13,8 +14,12 @@ class Outcomes:
 
     def __init__(self) -> None:
         self._waiting: dict[uuid.UUID, list[asyncio.Future[Any]]] = {}
+        #: Called when a request starts waiting: the recorded-events consumer polls briskly from then on
+        #: (``shared.kafka.Tempo``), so an answer after a quiet spell does not wait for a resting poll.
+        self.heads_up: Callable[[], None] = lambda: None
 
     def expect(self, screening_id: uuid.UUID) -> asyncio.Future[Any]:
+        self.heads_up()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(screening_id, []).append(future)
         return future

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -355,8 +355,11 @@ REFUSALS = {
 
 
 @router.post("/internal/admissions", response_model=Admission, tags=["internal"])
-async def admit(body: AdmissionIn, t: Screener) -> Response:
-    """May this classify request be accepted? Creates the patient when new and the policy needs no consent."""
+async def admit(body: AdmissionIn, t: Screener, request: Request) -> Response:
+    """May this classify request be accepted? Creates the patient when new and the policy needs no consent.
+
+    An admitted classify reaches this service's recorder a few milliseconds later: it is told now, so that
+    after a quiet spell it does not wait for a resting poll (``shared.kafka.Tempo``)."""
     try:
         name = t.vault.open(body.name_ciphertext)
     except ValueError:
@@ -393,6 +396,7 @@ async def admit(body: AdmissionIn, t: Screener) -> Response:
             content["fields"] = list(verdict.fields)
         return JSONResponse(content, status_code=code)
     assert verdict.patient_id is not None
+    request.app.state.classify_coming()
     admitted = Admission(patient_id=verdict.patient_id, consent_id=verdict.consent_id,
                          expected_prevalence=facts["expected_prevalence"])
     return JSONResponse(admitted.model_dump(mode="json"))

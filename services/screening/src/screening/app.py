@@ -72,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await ensure_topics(settings.kafka_bootstrap_servers, [*(t.value for t in Topic), RECORDS_TOPIC],
                         partitions=settings.kafka_topic_partitions)
     broker = make_broker(settings, "clinomic-screening")
-    handlers.register(broker, settings, registry, settings.record_batch_size)
+    app.state.classify_coming = handlers.register(broker, settings, registry, settings.record_batch_size)
     analytics_stream.register(broker, settings, registry)  # de-identified screenings for analytics
     watch_revocations(broker, verifier, settings)  # identity: deactivations, revoked sessions
     await broker.start()
@@ -106,6 +106,7 @@ def create_app() -> FastAPI:
     app.state.vault = PhiVault(PhiCipher(settings.phi_keys()), BlindIndex(settings.blind_index_key()))
     app.state.ready = False
     app.state.checks = None
+    app.state.classify_coming = lambda: None  # until the recorder is subscribed (see lifespan)
     install_error_handlers(app)
     app.state.metric_samplers = metrics.install(app)  # /metrics answers the service credential only
     app.include_router(api.router)

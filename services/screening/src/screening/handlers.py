@@ -10,6 +10,7 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,9 +85,13 @@ def _decode(raw: bytes) -> Envelope[Any] | None:
 
 
 def register(broker: KafkaBroker, settings: CommonSettings, registry: store.TenantRegistry,
-             batch_size: int) -> None:
+             batch_size: int) -> Callable[[], None]:
+    """Subscribe the recorders and the tenant list; returns the heads-up for the classify recorder (an admitted
+    classify will reach it shortly, so it stops resting: ``shared.kafka.Tempo``)."""
+    recorder = at_least_once(settings, "screening-recorder")
+
     @subscribe(broker, Topic.SCREENING_CLASSIFIED, batch=True, max_records=batch_size, batch_timeout_ms=5,
-               **at_least_once(settings, "screening-recorder"))
+               **recorder)
     async def record_screenings(messages: list[bytes]) -> None:
         by_tenant: dict[Any, list[Envelope[Any]]] = defaultdict(list)
         for raw in messages:
@@ -138,3 +143,5 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
                         await record_store.remove_staff(conn, user_id)
         except (ValidationError, KeyError, ValueError):
             log.error("unreadable event on %s skipped (the audit ledger keeps its digest)", Topic.IDENTITY)
+
+    return recorder["tempo"].brisk
