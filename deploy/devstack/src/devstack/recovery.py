@@ -143,7 +143,8 @@ def restart_rounds(state_dir: Path, *, restarts: int, outage: float, timeout: fl
             raise SystemExit("clinomic recovery restarts the bundled broker: unset KAFKA_BOOTSTRAP_SERVERS")
         partitions = int(platform.env["KAFKA_TOPIC_PARTITIONS"])
         polled = CommonSettings.model_validate({k.lower(): v for k, v in platform.env.items()})
-        echo(f"consumers poll every {polled.kafka_fetch_max_wait_ms} ms on the classify path, every "
+        echo(f"consumers poll every {polled.kafka_fetch_max_wait_ms} ms on the classify path (every "
+             f"{polled.kafka_idle_fetch_max_wait_ms} ms when quiet), every "
              f"{polled.kafka_background_fetch_max_wait_ms} ms off it")
         until_settled(platform.logs, timeout=timeout)
         for n in range(1, restarts + 1):
