@@ -99,7 +99,8 @@ def test_a_row_whose_patient_vanished_is_carried_as_not_recorded() -> None:
 
 def v2_bytes(rows: list[dict[str, object]]) -> bytes:
     envelope = new_envelope(chunk_v2([ev.RecordedRow(row=1, screening=recorded(None))]),
-                            event_type="ScreeningBatchRecorded", event_version=2, tenant_id=uuid.uuid4(), actor=SERVICE)
+                            event_type="ScreeningBatchRecorded", event_version=2, tenant_id=uuid.uuid4(),
+                            actor=SERVICE)
     event = json.loads(encode(envelope))
     event["payload"]["rows"] = rows
     return json.dumps(event).encode()

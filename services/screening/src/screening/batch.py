@@ -263,7 +263,8 @@ async def record_chunk(registry: store.TenantRegistry, envelope: Envelope[ev.Scr
 
 
 def announcement(envelope: Envelope[ev.ScreeningBatchClassifiedV1], inserted: set[uuid.UUID],
-                 earlier: dict[uuid.UUID, store.NewScreening], now: datetime) -> Envelope[ev.ScreeningBatchRecordedV2]:
+                 earlier: dict[uuid.UUID, store.NewScreening], now: datetime
+                 ) -> Envelope[ev.ScreeningBatchRecordedV2]:
     """The chunk's ``ScreeningBatchRecorded`` v2, its event id derived from the classified chunk's."""
     chunk, tenant_id = envelope.payload, envelope.tenant_id
     rows: list[ev.RecordedRow] = []

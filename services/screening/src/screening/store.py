@@ -331,8 +331,8 @@ async def recorded_facts(conn: AsyncConnection, screening_ids: list[uuid.UUID]) 
     cut to what the stream carries in the database: decoding whole assessments was a fifth of a bulk chunk's
     CPU in this service."""
     rows = await conn.execute(
-        text(f"SELECT s.id, s.patient_id, s.status, s.cbc, {_ANALYTICS_ASSESSMENT_SQL}, s.recorded_at, s.lab_id, "
-             "s.doctor_id, s.collected_at FROM screenings s WHERE s.id = ANY(:ids)"),
+        text(f"SELECT s.id, s.patient_id, s.status, s.cbc, {_ANALYTICS_ASSESSMENT_SQL}, s.recorded_at, "
+             "s.lab_id, s.doctor_id, s.collected_at FROM screenings s WHERE s.id = ANY(:ids)"),
         {"ids": screening_ids},
     )
     return [RecordedFacts(r[0], r[1], r[2], as_json(r[3]), as_json(r[4]), *r[5:]) for r in rows]
