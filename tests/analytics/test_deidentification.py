@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime
+
+import numpy as np
 
 import pytest
 from cryptography.fernet import Fernet
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from inference import api as inference_api
 from inference.model import DEFAULT_MODEL_DIR, B12Model
 from screening import analytics
 from screening.analytics_stream import age_band, analytics_event, deidentified, patient_key
 from screening.settings import ScreeningSettings
-from screening.store import RecordedFacts, Tally
+from screening.store import ANALYTICS_ASSESSMENT, RecordedFacts, Tally
 from shared.events import Actor, new_envelope
 from shared.events.analytics import ScreeningRecordedDeidentifiedV1
-from shared.events.screening import ScreeningRecordedV1
+from shared.events.screening import CompleteBloodCount, ScreeningRecordedV1
 from shared.settings import SecretProblem
 from tests.conftest import HEALTHY_CBC
 
@@ -86,6 +90,26 @@ def test_the_deidentified_form_carries_no_patient_identifier_and_only_the_day() 
     assert (event.lab_id, event.doctor_id) == (stored.lab_id, None)
     assert set(event.cbc.model_dump()) == set(HEALTHY_CBC) - {"age", "sex"}
     assert event.status == "rejected" and event.risk_class is None and event.model is None
+
+
+def test_a_classified_screening_is_deidentified_from_the_carried_parts_of_its_assessment_alone() -> None:
+    [assessment] = B12Model.load(DEFAULT_MODEL_DIR).assess(np.array([CompleteBloodCount.model_validate(
+        HEALTHY_CBC).as_features()]))
+    whole = assessment.model_dump(mode="json")
+    stored = facts(status="classified", assessment=whole)
+    carried = replace(stored, assessment={key: whole[key] for key in ANALYTICS_ASSESSMENT})
+    tenant = uuid.uuid4()
+    assert deidentified(carried, tenant, SECRET) == deidentified(stored, tenant, SECRET)
+    assert deidentified(carried, tenant, SECRET).model == assessment.model
+
+
+def test_a_stored_assessment_without_a_carried_part_is_refused() -> None:
+    [assessment] = B12Model.load(DEFAULT_MODEL_DIR).assess(np.array([CompleteBloodCount.model_validate(
+        HEALTHY_CBC).as_features()]))
+    carried = {key: value for key, value in assessment.model_dump(mode="json").items()
+               if key in ANALYTICS_ASSESSMENT and key != "probabilities"}
+    with pytest.raises(ValidationError):
+        deidentified(facts(status="classified", assessment=carried), uuid.uuid4(), SECRET)
 
 
 def test_the_deidentified_event_id_is_derived_from_the_recorded_event() -> None:

@@ -4,6 +4,7 @@ accounted for."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -12,10 +13,19 @@ import numpy as np
 from gateway.handlers import chunk_outcomes
 from inference.model import DEFAULT_MODEL_DIR, B12Model
 from inference.training.cohort import generate_cohort
-from screening.batch import PATIENT_MISSING, not_recorded
+from screening.batch import PATIENT_MISSING, announcement, not_recorded
 from shared.events import Actor, new_envelope
+from shared.events.envelope import derived_event_id
 from shared.events import batch as ev
-from shared.events.screening import FEATURE_ORDER, Assessment, CompleteBloodCount, PatientReference, ScreeningRecordedV1
+from shared.events.screening import (
+    FEATURE_ORDER,
+    Assessment,
+    CompleteBloodCount,
+    Label,
+    PatientReference,
+    RiskClass,
+    ScreeningRecordedV1,
+)
 from shared.kafka import encode, headers_of
 from tests.batch.test_batch_chunks import KAFKA_MESSAGE_LIMIT
 from tests.conftest import HEALTHY_CBC
@@ -85,3 +95,47 @@ def test_a_row_whose_patient_vanished_is_carried_as_not_recorded() -> None:
     assert (outcome.row, outcome.screening_id, outcome.status, outcome.rejection_reason) == (
         7, request.screening_id, "rejected", PATIENT_MISSING)
 
+
+
+def v2_bytes(rows: list[dict[str, object]]) -> bytes:
+    envelope = new_envelope(chunk_v2([ev.RecordedRow(row=1, screening=recorded(None))]),
+                            event_type="ScreeningBatchRecorded", event_version=2, tenant_id=uuid.uuid4(),
+                            actor=SERVICE)
+    event = json.loads(encode(envelope))
+    event["payload"]["rows"] = rows
+    return json.dumps(event).encode()
+
+
+def test_job_progress_needs_only_the_outcome_fields_of_a_v2_chunk_row() -> None:
+    sid = uuid.uuid4()
+    raw = v2_bytes([{"row": 5, "screening": {"screening_id": str(sid), "status": "classified",
+                                             "assessment": {"label": "deficient", "risk_class": 3}}}])
+    _, _, outcomes = chunk_outcomes(raw, []) or (None, None, [])
+    assert outcomes == [ev.RowOutcome(row=5, screening_id=sid, status="classified", label=Label.DEFICIENT,
+                                      risk_class=RiskClass.HIGH)]
+
+
+def test_a_v2_chunk_whose_outcome_fields_are_unreadable_is_skipped_by_job_progress() -> None:
+    raw = v2_bytes([{"row": 5, "screening": {"screening_id": str(uuid.uuid4()), "status": "maybe",
+                                             "assessment": None}}])
+    assert chunk_outcomes(raw, []) is None
+
+
+def test_a_chunks_announcement_carries_each_row_as_stored_now_or_as_not_recorded_in_row_order() -> None:
+    [assessment] = assessments(1)
+    requests = [ev.BatchRow(row=row, screening_id=uuid.uuid4(),
+                            patient=PatientReference(external_id=f"P-{row}", patient_id=uuid.uuid4()),
+                            cbc=CompleteBloodCount.model_validate(HEALTHY_CBC)) for row in (4, 9)]
+    now = datetime.now(UTC)
+    classified = new_envelope(
+        ev.ScreeningBatchClassifiedV1(job_id=uuid.uuid4(), chunk=2, requested_at=now, rows=[
+            ev.ClassifiedRow(request=requests[0], assessment=assessment),
+            ev.ClassifiedRow(request=requests[1], assessment=assessment)]),
+        event_type="ScreeningBatchClassified", event_version=1, tenant_id=uuid.uuid4(),
+        actor=Actor(role="service", service="inference"))
+    announced = announcement(classified, {requests[0].screening_id}, {}, now)
+    assert announced.event_id == derived_event_id(classified.event_id, "ScreeningBatchRecorded")
+    assert (announced.payload.job_id, announced.payload.chunk) == (classified.payload.job_id, 2)
+    assert [(r.row, r.screening.status, r.screening.rejection_reason) for r in announced.payload.rows] == [
+        (4, "classified", None), (9, "rejected", PATIENT_MISSING)]
+    assert announced.payload.rows[0].screening.assessment == assessment

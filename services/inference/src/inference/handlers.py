@@ -13,13 +13,14 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import Histogram
 from pydantic import ValidationError
 
-from inference.model import B12Model, gc_paused
+from inference.model import B12Model
 from inference.settings import InferenceSettings
 from shared.events import Actor, Envelope, Topic, new_envelope
 from shared.events import batch as batch_ev
 from shared.events import screening as ev
 from shared.events.envelope import derived_event_id
 from shared.kafka import at_least_once, publish, publish_many, subscribe
+from shared.memory import gc_paused
 
 log = logging.getLogger(__name__)
 SERVICE_ACTOR = Actor(role="service", service="inference")

@@ -15,13 +15,11 @@ is unpickled: CatBoost stages are ``.cbm`` files, logistic stages and everything
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +43,7 @@ from shared.events.screening import (
     RiskClass,
     ScreeningAdvice,
 )
+from shared.memory import gc_paused
 
 MANIFEST = "manifest.json"
 STAGES = "stages.json"
@@ -619,21 +618,6 @@ class _Scores:
 _RISK_CLASSES = {int(risk): risk for risk in RiskClass}
 #: The panel's values that ``domain.FINDING_TEXTS`` quote.
 _FINDING_TEXT_FEATURES = ("mcv", "rdw", "hb", "wbc", "platelets")
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Without the cyclic collector while a bulk call builds its results: tens of thousands of new container
-    objects set it off again and again over the ones already built (more than half of the building time of
-    20,000 assessments), and none of them is garbage. Safe across threads: the collector is re-enabled by
-    the call that found it enabled."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _json_object(contents: Mapping[str, bytes], name: str, directory: pathlib.Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from shared.events import records as records_ev
 from shared.events import screening as screening_ev
 from shared.events.envelope import derived_event_id
 from shared.events.screening import Sex
+from shared.memory import gc_paused
 from shared.text import Text
 
 log = logging.getLogger(__name__)
@@ -248,13 +249,24 @@ async def record_chunk(registry: store.TenantRegistry, envelope: Envelope[ev.Scr
     chunk, tenant_id = envelope.payload, envelope.tenant_id
     assert tenant_id is not None
     now = datetime.now(UTC)
+    with gc_paused():
+        stored = [stored_form(r, chunk.requested_at) for r in chunk.rows]
     schema = await registry.provision(tenant_id)
     async with in_schema(registry.engine, schema) as conn:
         inserted = await store.record_batch(
-            conn, [stored_form(r, chunk.requested_at) for r in chunk.rows], job_id=chunk.job_id,
-            requested_by=envelope.actor.user_id, correlation_id=envelope.correlation_id, recorded_at=now)
+            conn, stored, job_id=chunk.job_id, requested_by=envelope.actor.user_id,
+            correlation_id=envelope.correlation_id, recorded_at=now)
         earlier_ids = [r.request.screening_id for r in chunk.rows if r.request.screening_id not in inserted]
         earlier = {s.id: s for s in await store.screenings_by_id(conn, earlier_ids)} if earlier_ids else {}
+    with gc_paused():
+        return announcement(envelope, inserted, earlier, now)
+
+
+def announcement(envelope: Envelope[ev.ScreeningBatchClassifiedV1], inserted: set[uuid.UUID],
+                 earlier: dict[uuid.UUID, store.NewScreening], now: datetime
+                 ) -> Envelope[ev.ScreeningBatchRecordedV2]:
+    """The chunk's ``ScreeningBatchRecorded`` v2, its event id derived from the classified chunk's."""
+    chunk, tenant_id = envelope.payload, envelope.tenant_id
     rows: list[ev.RecordedRow] = []
     for r in chunk.rows:
         screening_id = r.request.screening_id

@@ -25,6 +25,7 @@ from shared.events import screening as ev
 from shared.events.batch import BATCH_FETCH_MAX_WAIT_MS
 from shared.events.envelope import derived_event_id
 from shared.kafka import at_least_once, publish, subscribe
+from shared.memory import gc_paused
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def register(broker: KafkaBroker, settings: CommonSettings, registry: store.Tena
         settings, "screening-batch-recorder", fetch_max_wait_ms=BATCH_FETCH_MAX_WAIT_MS))
     async def record_screening_batch(raw: bytes) -> None:
         """A classified chunk stored in one transaction, then announced by one chunk event (see ``screening.batch``)."""
-        envelope = batch.decode_classified(raw)
+        with gc_paused():  # a chunk is tens of thousands of objects, none of them cyclic garbage
+            envelope = batch.decode_classified(raw)
         if envelope is None:
             return
         chunk_recorded = await batch.record_chunk(registry, envelope)
