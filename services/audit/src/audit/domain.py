@@ -191,7 +191,7 @@ def chunk_kind(event_type: str, content: Mapping[str, Any]) -> tuple[str, int] |
     kind = (event_type, content.get("event_version"))
     payload = content.get("payload")
     if kind in CHUNK_KINDS and isinstance(payload, Mapping) and "rows_root" in payload:
-        return kind  # type: ignore[return-value]
+        return kind
     return None
 
 
