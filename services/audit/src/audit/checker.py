@@ -5,7 +5,7 @@ Three checks over a range of one chain (the whole chain by default), reported to
 1. **Entries**: recompute every entry hash, check sequence numbers, links and HMACs (``verify_rows``,
    the same checks as the offline verifier) and stop the chain check at the first broken entry; the
    hashes of later entries are still recomputed for the next two checks. Each chunk entry's ``rows_root``
-   is recomputed from the row digests it lists (``verifier.chunk_problem``, as the offline verifier does):
+   is recomputed from the row digests it lists (``verifier.chunk_check``, as the offline verifier does):
    the entry hash covers both, so this catches a commitment that was wrong when sealed, or rewritten by
    someone who also recomputed the hashes and HMACs.
 2. **Stored Merkle nodes**: rebuild every complete subtree inside the range from the *recomputed* entry
@@ -49,7 +49,7 @@ from audit import domain, store
 from audit.ledger import HASH_SIZE, Verification, compute_entry_hash, verify_rows
 from audit.merkle import LEAF_PREFIX, public_key_id, range_nodes, verify_tree_head
 from audit.treeheads import TreeHeadLog
-from audit.verifier import chunk_problem
+from audit.verifier import chunk_check
 
 _ZERO = bytes(HASH_SIZE)
 #: The leaf standing for an entry that is missing or unreadable: the leaf of an all-zero hash.
@@ -172,14 +172,14 @@ async def verify_segment(
     leaves: list[bytes] = []  # leaf hashes of the recomputed entry hashes by position: seq first + i
     state: dict[str, Any] = {"chain": None, "checked": 0, "expected": first, "prev": prev, "chunks": 0}
     chunk_problems: list[tuple[int, str]] = []
-    sha, chunk_type = hashlib.sha256, domain.CHUNK_EVENT_TYPE
+    sha, chunk_types = hashlib.sha256, domain.CHUNK_EVENT_TYPES
 
     def check(rows: list[Any]) -> None:
-        for row in [r for r in rows if r[2] == chunk_type]:
-            problem = chunk_problem(row[2], row[6])
-            state["chunks"] += problem != ""
-            if problem:
-                chunk_problems.append((row[0], problem))
+        for row in [r for r in rows if r[2] in chunk_types]:
+            chunk = chunk_check(row[2], row[6])
+            state["chunks"] += chunk.is_chunk
+            if chunk.problem:
+                chunk_problems.append((row[0], chunk.problem))
         chain: Verification | None = state["chain"]
         if chain is None or chain.ok:
             n0 = len(leaves)

@@ -1,8 +1,9 @@
 """What the ledger keeps of an event: the envelope, minus anything that may not live forever.
 
-A recorded chunk of a bulk upload (``ScreeningBatchRecorded`` v2) is kept as a *commitment*: each row's
-number, screening id and digest, in order, and the Merkle root over them, so that one entry stands for a
-chunk and each of its screenings can still be proved on its own (``docs/audit-ledger.md``, Chunk entries).
+A chunk of a bulk upload (``ScreeningBatchRequested`` v1, ``ScreeningBatchClassified`` v1,
+``ScreeningBatchRecorded`` v2) is kept as a *commitment*: each row's number, screening id and digest, in
+order, and the Merkle root over them, so that one entry stands for a chunk and each of its rows can still be
+proved on its own (``docs/audit-ledger.md``, Chunk entries).
 """
 
 from __future__ import annotations
@@ -76,11 +77,12 @@ def entity_refs(content: bytes) -> list[str]:
     return list(found)[:_MAX_REFS]
 
 
-# -- chunk entries: one ledger entry per recorded chunk, every row provable on its own -------------------
+# -- chunk entries: one ledger entry per chunk of a bulk upload, every row provable on its own ---------------
 
-#: The event whose payload the ledger keeps as a commitment (``shared.events.batch``'s
-#: ``SCREENING_BATCH_RECORDED_V2``).
-CHUNK_EVENT_TYPE, CHUNK_EVENT_VERSION = "ScreeningBatchRecorded", 2
+#: (event type, version) of the bulk chunk events (``shared.events.batch``) the ledger keeps as commitments.
+REQUESTED_CHUNK = ("ScreeningBatchRequested", 1)
+CLASSIFIED_CHUNK = ("ScreeningBatchClassified", 1)
+RECORDED_CHUNK = ("ScreeningBatchRecorded", 2)
 #: Domain separation of a row's leaf data: a row leaf can never pass for a chain leaf (an entry hash).
 ROW_LEAF_DOMAIN = b"clinomic-audit/chunk-row/v1\0"
 _ROW_LEAF = struct.Struct(">Q16s32s")
@@ -90,9 +92,9 @@ class ChunkError(ValueError):
     """A chunk commitment (or a payload meant to become one) does not have the expected shape."""
 
 
-def row_digest(screening: Any) -> bytes:
-    """SHA-256 of the canonical JSON of a row's ``screening`` object, as published (JSON form)."""
-    return hashlib.sha256(canonical_json(screening)).digest()
+def row_digest(digested: Any) -> bytes:
+    """SHA-256 of the canonical JSON of what a row commits to (:func:`digested_part`), as published."""
+    return hashlib.sha256(canonical_json(digested)).digest()
 
 
 def row_leaf(row: int, screening_id: str | uuid.UUID, digest: bytes) -> bytes:
@@ -135,24 +137,41 @@ def verify_row(row: Listed, index: int, size: int, path: Sequence[bytes], root: 
     return verify_inclusion(leaf, index, size, path, root, is_hash=True)
 
 
-def chunk_commitment(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A v2 chunk payload as the ledger keeps it, and its screening ids.
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ChunkError(f"a row without its {what}")
+    return value
+
+
+def digested_part(kind: tuple[str, int], item: Any) -> tuple[Any, Any, Mapping[str, Any]]:
+    """One element of a chunk's ``rows``: its upload row number, its screening id and the object its digest
+    covers. A recorded row commits to its ``screening`` (what ``GET /api/screenings/{id}/recorded`` rebuilds);
+    a requested row (a ``BatchRow``) and a classified row (a ``ClassifiedRow``: the request, the assessment
+    and the rejection reason) to the whole element, whose number and screening id are the request's."""
+    element = _mapping(item, "content")
+    if kind == RECORDED_CHUNK:
+        screening = _mapping(element.get("screening"), "screening")
+        return element.get("row"), screening.get("screening_id"), screening
+    request = element if kind == REQUESTED_CHUNK else _mapping(element.get("request"), "request")
+    return request.get("row"), request.get("screening_id"), element
+
+
+def chunk_commitment(kind: tuple[str, int], payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A chunk payload of ``kind`` (one of :data:`CHUNK_KINDS`) as the ledger keeps it, and its screening ids.
 
     Every field but ``rows`` stays; ``rows`` becomes ``[{row, screening_id, sha256}]`` in the published
-    order and ``rows_root`` the Merkle root over them. The screenings themselves are not kept (the tenant's
-    records hold them; the ledger proves them). Raises :class:`ChunkError` when the payload is not a chunk."""
+    order and ``rows_root`` the Merkle root over them. The rows themselves are not kept (the tenant's records
+    hold them; the ledger proves them). Raises :class:`ChunkError` when the payload is not such a chunk."""
     rows = payload.get("rows")
     if not isinstance(rows, list) or not rows:
         raise ChunkError("no rows")
     listed: list[Listed] = []
     for item in rows:
-        if not isinstance(item, Mapping) or not isinstance(item.get("screening"), Mapping):
-            raise ChunkError("a row without its screening")
-        row, sid = item.get("row"), item["screening"].get("screening_id")
+        row, sid, digested = digested_part(kind, item)
         if isinstance(row, bool) or not isinstance(row, int) or not isinstance(sid, str):
             raise ChunkError("a row without its number or screening id")
         try:
-            listed.append((row, str(uuid.UUID(sid)), row_digest(item["screening"])))
+            listed.append((row, str(uuid.UUID(sid)), row_digest(digested)))
         except ValueError as exc:
             raise ChunkError(f"row {row}: {exc}") from None
     kept = {k: v for k, v in payload.items() if k != "rows"}
@@ -161,15 +180,19 @@ def chunk_commitment(payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[s
     return kept, [s for _, s, _ in listed]
 
 
-def is_chunk_entry(event_type: str, content: Mapping[str, Any]) -> bool:
-    """Whether an entry's content (the envelope as kept) is a chunk commitment."""
+#: The chunk events kept as commitments, and their event types (a cheap first test for a stored entry).
+CHUNK_KINDS = frozenset({REQUESTED_CHUNK, CLASSIFIED_CHUNK, RECORDED_CHUNK})
+CHUNK_EVENT_TYPES = frozenset(event_type for event_type, _ in CHUNK_KINDS)
+
+
+def chunk_kind(event_type: str, content: Mapping[str, Any]) -> tuple[str, int] | None:
+    """Which chunk event an entry's content (the envelope as kept) commits to; None when it is no commitment
+    (another event, or a chunk kept whole: sealed before its kind was committed to, or not of chunk shape)."""
+    kind = (event_type, content.get("event_version"))
     payload = content.get("payload")
-    return (
-        event_type == CHUNK_EVENT_TYPE
-        and content.get("event_version") == CHUNK_EVENT_VERSION
-        and isinstance(payload, Mapping)
-        and "rows_root" in payload
-    )
+    if kind in CHUNK_KINDS and isinstance(payload, Mapping) and "rows_root" in payload:
+        return kind
+    return None
 
 
 def listed_rows(payload: Mapping[str, Any]) -> tuple[list[Listed], bytes]:

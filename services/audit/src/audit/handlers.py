@@ -85,11 +85,12 @@ def item_of(raw: bytes, topic: str) -> Item:
             "",
         )
     screening_ids: list[str] = []
-    if (envelope.event_type, envelope.event_version) == (domain.CHUNK_EVENT_TYPE, domain.CHUNK_EVENT_VERSION):
+    kind = (envelope.event_type, envelope.event_version)
+    if kind in domain.CHUNK_KINDS:
         # The payload is JSON values already: dumping the whole chunk again costs more than committing to it.
         content = envelope.model_dump(mode="json", exclude={"payload"})
         try:
-            content["payload"], screening_ids = domain.chunk_commitment(envelope.payload)
+            content["payload"], screening_ids = domain.chunk_commitment(kind, envelope.payload)
         except domain.ChunkError as exc:  # kept whole, like any event: nothing is lost, only not committed
             log.warning("chunk event %s kept whole: %s", envelope.event_id, exc)
             content["payload"] = envelope.payload

@@ -123,7 +123,8 @@ SINGLE_RECORDED = "ScreeningRecorded"
 
 def _recording(entry: Any, screening_id: str) -> tuple[str, dict[str, Any]] | None:
     """How ``entry`` records the screening: ``("entry", {})`` for its own ``ScreeningRecorded``,
-    ``("chunk_row", {index, rows, root})`` for a row of a chunk entry, None when it only mentions it."""
+    ``("chunk_row", {index, rows, root})`` for a row of a recorded chunk's entry, None when it only mentions
+    it (the requested and classified chunks list the screening too, but say nothing of its recording)."""
     try:
         content = json.loads(entry.content)
         payload = content["payload"]
@@ -131,7 +132,7 @@ def _recording(entry: Any, screening_id: str) -> tuple[str, dict[str, Any]] | No
         return None
     if entry.event_type == SINGLE_RECORDED and payload.get("screening_id") == screening_id:
         return "entry", {}
-    if domain.is_chunk_entry(entry.event_type, content):
+    if domain.chunk_kind(entry.event_type, content) == domain.RECORDED_CHUNK:
         rows, root = domain.listed_rows(payload)
         for index, (_, sid, _) in enumerate(rows):
             if sid == screening_id:

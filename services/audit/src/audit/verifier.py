@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -539,11 +539,11 @@ def _verify_stream(
         nonlocal consumed, chunks
         for item in entries:
             consumed += 1
-            if isinstance(item, LedgerEntry) and item.event_type == domain.CHUNK_EVENT_TYPE:
-                problem = chunk_problem(item.event_type, item.content)
-                chunks += problem != ""
-                if problem:
-                    problems.append(f"entry {item.seq}: {problem}")
+            if isinstance(item, LedgerEntry) and item.event_type in domain.CHUNK_EVENT_TYPES:
+                check = chunk_check(item.event_type, item.content)
+                chunks += check.is_chunk
+                if check.problem:
+                    problems.append(f"entry {item.seq}: {check.problem}")
             yield item
 
     stream = counted()
@@ -614,17 +614,23 @@ def _verify_stream(
     )
 
 
-def chunk_problem(event_type: str, content_json: bytes) -> str | None:
-    """For an entry of the chunk event type (its content bytes): "" when it is not a chunk commitment, None
-    when its rows_root is the root of its listed row digests, else why not. The service's checker runs it
-    too."""
+class ChunkCheck(NamedTuple):
+    """Whether an entry is a chunk commitment, and what is wrong with it (None: nothing, or not a chunk)."""
+
+    is_chunk: bool
+    problem: str | None = None
+
+
+def chunk_check(event_type: str, content_json: bytes) -> ChunkCheck:
+    """An entry (its event type and content bytes) checked as a chunk commitment: its rows_root must be the
+    root of its listed row digests. The service's checker runs it too."""
     try:
         content = json.loads(content_json)
     except ValueError:
-        return ""
-    if not isinstance(content, dict) or not domain.is_chunk_entry(event_type, content):
-        return ""
-    return domain.chunk_root_problem(content["payload"])
+        return ChunkCheck(False)
+    if not isinstance(content, dict) or domain.chunk_kind(event_type, content) is None:
+        return ChunkCheck(False)
+    return ChunkCheck(True, domain.chunk_root_problem(content["payload"]))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -727,8 +733,8 @@ def _check_screening_proof(
             if domain.row_digest(screening) != digest:
                 raise _ProofFailed("row content mismatch", "the screening's SHA-256 is not the row's digest")
             steps.append("the screening's content hashes to the row's digest")
-        if not domain.is_chunk_entry(entry.event_type, content):
-            raise _ProofFailed("not a chunk entry", f"entry {entry.seq} commits to no rows")
+        if domain.chunk_kind(entry.event_type, content) != domain.RECORDED_CHUNK:
+            raise _ProofFailed("not a chunk entry", f"entry {entry.seq} commits to no recorded rows")
         try:
             listed, root = domain.listed_rows(payload)
         except domain.ChunkError as exc:
