@@ -103,6 +103,24 @@ class TreeHeadLog:
                 problems.append(f"external tree-head log line {number} is not a JSON object")
         return heads, problems
 
+    def newest(self, chain_id: str, tail_bytes: int = 16_384) -> list[dict[str, Any]]:
+        """The last heads of a chain (those in its last ``tail_bytes``), oldest first, without reading the
+        whole file: what :meth:`Publisher.publish` compares with the database before each new head."""
+        path = self.path(chain_id)
+        if path is None or not path.exists():
+            return []
+        with path.open("rb") as file:
+            start = max(0, file.seek(0, os.SEEK_END) - tail_bytes)
+            file.seek(start)
+            lines = file.read().decode("utf-8", errors="replace").splitlines()
+        heads = []
+        for line in lines[1:] if start else lines:  # a tail's first line may be cut
+            with contextlib.suppress(ValueError):
+                head = json.loads(line)
+                if isinstance(head, dict):
+                    heads.append(head)
+        return heads
+
 
 @dataclass
 class _Signed:
@@ -177,6 +195,7 @@ class Publisher:
             refused = self._refused.get(chain_id)
             if refused is not None and refused[0] == size:
                 return None  # reported already; nothing changed since
+            await self._store_written_out(conn, chain_id)
             signed = self._signed.get(chain_id) or await self._resume(conn, chain_id)
             problem, extended = await self._extend(conn, chain_id, signed, size)
             if problem is None:
@@ -200,6 +219,35 @@ class Publisher:
             extended.timestamp_ms = head["timestamp"]
             self._signed[chain_id] = extended
             return head
+
+    async def _store_written_out(self, conn: Any, chain_id: str) -> None:
+        """Store the heads that were written out but never reached the database.
+
+        A head goes to the external log first and to the database right after; the database may fail in
+        between (an outage, a failover) or the process may die there. Such a head would then look removed from
+        the database (the verifier: "in the external log but missing from the database") once a newer head is
+        stored. So before signing, a head of the log's tail that is newer than the database's newest, correctly
+        signed and for this chain, is stored first. An older one missing from the database is left for
+        verification to report: that is what a removal looks like."""
+        if not self.head_log.enabled:
+            return
+        written = await asyncio.to_thread(self.head_log.newest, chain_id)
+        if not written:
+            return
+        stored = await store.tree_heads(conn, chain_id, limit=len(written), newest_first=True)
+        newest_stored = max((h["timestamp"] for h in stored), default=-1)
+        missing = [
+            head for head in written
+            if isinstance(head.get("timestamp"), int) and head["timestamp"] > newest_stored
+            and head.get("chain_id") == chain_id and any(verify_tree_head(head, k) for k in self.public_keys)
+        ]
+        for head in missing:
+            log.warning("audit chain %s: tree head at size %s was written out but not stored; storing it now",
+                        chain_id, head.get("tree_size"))
+            await store.insert_tree_head(conn, head, head_json(head))
+        if missing:
+            await conn.commit()
+            self._signed.pop(chain_id, None)  # resume from the newest stored head
 
     def refused(self) -> dict[str, tuple[int, str]]:
         """Chains whose head was refused, with the size and the reason (for verification reports)."""
