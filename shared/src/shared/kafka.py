@@ -95,7 +95,7 @@ def _batch_loop_waits_one_period() -> None:
     returns as soon as a fetch brings records; when none came it then slept ``batch_timeout_ms`` once more, and
     a record that reached the consumer during that sleep waited for the rest of it. On the classify path
     (5 ms periods) that was half the loop's time: up to 5 ms, 1.25 ms on average, at each of a classify's three
-    hops (``docs/throughput.md``, "Where a classify's latency goes"). Here the loop rests only for what is left
+    hops (``docs/decisions.md``, "Polling that rests"). Here the loop rests only for what is left
     of the period (:func:`rest_after_empty_look`), so it still looks at most once per period and never spins
     when ``getmany`` returns early; records that come are taken at once. The period is still read on every
     turn (``Tempo`` changes it).
