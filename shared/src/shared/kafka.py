@@ -318,12 +318,12 @@ class Tempo:
     subscriber's loop wakes as often (``batch_timeout_ms``): most of an idle platform's CPU. A Tempo watches the
     log ends its consumer learns from every fetch answer (no request of its own) and, after
     :data:`QUIET_AFTER_SECONDS` without a new record, raises the ceiling and the batch loop's period to
-    ``resting_ms``; the first record after the spell waits up to about twice that once, then both are brisk
+    ``resting_ms``; the first record after the spell waits up to about that long once, then both are brisk
     again. A process that knows a record is coming (a request waits for it) calls :meth:`brisk` ahead of it.
 
     The ceiling is aiokafka's ``Fetcher._fetch_max_wait_ms``, read each time a fetch request is built (aiokafka
     0.14), and the period FastStream's ``batch_timeout_ms``, read on each turn of its loop;
-    ``tests/integration/test_consumer_tempo.py`` fails if either stops working. Kafka itself answers a held
+    ``tests/integration/test_consumer_tempo.py`` fails if either goes away. Kafka itself answers a held
     fetch as soon as a record arrives, so there a resting ceiling costs nothing.
     """
 
@@ -366,7 +366,7 @@ class Tempo:
 
     def _set(self, ceiling: int) -> None:
         fetcher = getattr(self._consumer, "_fetcher", None)
-        if fetcher is not None:
+        if hasattr(fetcher, "_fetch_max_wait_ms"):  # never invent it: a renamed attribute fails the tests
             fetcher._fetch_max_wait_ms = ceiling
         if self._brisk_batch_ms is not None:
             self._subscriber.batch_timeout_ms = self._brisk_batch_ms if ceiling == self.brisk_ms else ceiling
